@@ -1,0 +1,51 @@
+# hyper2kvm — one entry point for setting up, testing and demonstrating the project.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PYTHON      := $(VENV)/bin/python
+export HYPER2KVM_CACHE ?= $(HOME)/.cache/hyper2kvm
+# Two cores on the reference machine: keep test parallelism modest.
+PYTEST_ARGS ?=
+
+.PHONY: help setup packages venv test test-unit test-worker lint bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: packages venv ## install apt packages and the virtualenv (idempotent)
+
+packages:
+	@hack/install-packages.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[operator,dev]'
+	@touch $@
+
+test: setup lint ## run the whole test suite
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup ## only the pure-logic tests (seconds)
+	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-worker: setup ## the worker against real qemu-img and nbdkit
+	$(PYTHON) -m pytest tests/worker $(PYTEST_ARGS)
+
+lint: venv ## ruff, mypy (strict) and the import-layer contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy worker/hyper2kvm_worker tests bench
+	$(VENV)/bin/lint-imports
+
+bench: setup ## benchmarks: conversion ratios against plain qemu-img and cp
+	$(PYTHON) bench/convert_bench.py
+
+demo: setup ## convert a generated VMDK end to end and show the result
+	@hack/demo.sh
+
+clean: ## remove the virtualenv and caches inside the clone
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info worker/*.egg-info

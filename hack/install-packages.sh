@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install the Debian packages the worker and the tests need, only when missing.
+# Idempotent: a machine that has them all runs no apt command at all.
+set -euo pipefail
+
+packages=(
+    qemu-utils          # qemu-img, qemu-nbd: conversion, compare, map
+    nbdkit              # sources: file + tar filter (OVA), cache filter
+    nbdkit-plugin-curl  # sources: http(s)
+    libnbd-bin          # nbdcopy, nbdinfo: streaming virtual content for digests
+    libguestfs-tools    # offline_fix and guest inspection
+    util-linux          # blkid: filesystem detection
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    exit 0
+fi
+
+echo "installing Debian packages: ${missing[*]}"
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+    sudo_cmd=(sudo)
+fi
+"${sudo_cmd[@]}" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"

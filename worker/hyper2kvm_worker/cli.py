@@ -1,0 +1,281 @@
+"""`hyper2kvm-worker`: inspect, convert, run a protocol job, report capabilities.
+
+Exit codes (see errors.ExitCode): 0 success, 1 internal error, 2 usage, 3 permanent
+failure (bad input: do not retry), 75 transient failure (retry), 143 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from hyper2kvm_worker import __version__, capabilities, console
+from hyper2kvm_worker.errors import ExitCode, Reason
+from hyper2kvm_worker.events import EventSink
+from hyper2kvm_worker.job_runner import JobRunner
+from hyper2kvm_worker.protocol import (
+    Compression,
+    Disk,
+    ErrorInfo,
+    FileSource,
+    HttpSource,
+    Job,
+    JobState,
+    Operation,
+    Output,
+    OutputFormat,
+    OvaSource,
+    Preallocation,
+    Result,
+    Source,
+    encode_result,
+)
+from hyper2kvm_worker.status_server import StatusServer, parse_listen
+from hyper2kvm_worker.tools import CancelToken, ToolRunner
+
+PROG = "hyper2kvm-worker"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cancel = CancelToken()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: cancel.cancel())
+    try:
+        code: int = args.handler(args, cancel)
+    except BrokenPipeError:  # `... | head` closed our stdout: not an error of the job
+        code = ExitCode.OK
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    inspect = commands.add_parser("inspect", help="describe a VMDK without converting it")
+    inspect.add_argument("source", help="VMDK file, OVA file, or http(s) URL")
+    inspect.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.set_defaults(handler=_inspect)
+
+    convert = commands.add_parser("convert", help="convert a VMDK to qcow2 or raw, verified")
+    convert.add_argument("source", help="VMDK file, OVA file, or http(s) URL")
+    convert.add_argument("destination", help="output file; written only when complete")
+    convert.add_argument("--format", choices=[f.value for f in OutputFormat], default="qcow2")
+    convert.add_argument("--compression", choices=[c.value for c in Compression], default="none")
+    convert.add_argument("--preallocation", choices=[p.value for p in Preallocation], default="off")
+    convert.add_argument("--no-verify", action="store_true", help="skip the content check")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    convert.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
+    convert.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
+    convert.set_defaults(handler=_convert)
+
+    run = commands.add_parser("run", help="run a Worker Job Protocol v1 job file")
+    run.add_argument("--job", required=True, type=Path, help="job JSON file")
+    run.add_argument("--events", type=Path, help="append JSON-lines events to this file too")
+    run.add_argument("--result", type=Path, help="write the result JSON here (< 4 KiB)")
+    run.add_argument(
+        "--listen", default="0.0.0.0:8081", help="HOST:PORT for /progress, /metrics, /healthz"
+    )
+    run.add_argument("--no-listen", action="store_true", help="serve no HTTP endpoints")
+    run.set_defaults(handler=_run)
+
+    caps = commands.add_parser("capabilities", help="what this node can do")
+    caps.add_argument("--json", action="store_true")
+    caps.add_argument(
+        "--location", action="append", type=Path, default=[], help="report free space here too"
+    )
+    caps.set_defaults(handler=_capabilities)
+    return parser
+
+
+def _fail(message: str, reason: Reason | str, code: int) -> int:
+    print(f"{PROG}: error: {message} [{reason}]", file=sys.stderr)
+    return code
+
+
+def source_from_argument(value: str, ova_disk: str | None) -> Source:
+    if value.startswith(("http://", "https://")):
+        return HttpSource(url=value)
+    path = Path(value).absolute()
+    if path.suffix.lower() == ".ova" or (path.is_file() and _is_tar(path)):
+        return OvaSource(root=str(path.parent), path=path.name, disk=ova_disk)
+    return FileSource(root=str(path.parent), path=path.name)
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
+def _execute(job: Job, cancel: CancelToken, stream: TextIO | None, bar: bool) -> tuple[Result, Any]:
+    sink = EventSink(time.time, stream=stream)
+    runner = JobRunner(job, ToolRunner(cancel), sink, time.time)
+    stop = threading.Event()
+    painter = threading.Thread(target=_paint, args=(runner, stop), daemon=True)
+    if bar:
+        painter.start()
+    try:
+        result = runner.run()
+    finally:
+        stop.set()
+        if bar:
+            painter.join()
+            print(file=sys.stderr)
+    return result, runner
+
+
+def _paint(runner: JobRunner, stop: threading.Event) -> None:
+    while not stop.wait(0.25):
+        print("\r" + console.progress_line(runner.board.snapshot()), end="", file=sys.stderr)
+    print("\r" + console.progress_line(runner.board.snapshot()), end="", file=sys.stderr)
+
+
+def _single_job(args: argparse.Namespace, operation: Operation) -> Job | int:
+    try:
+        source = source_from_argument(args.source, args.ova_disk)
+        output = None
+        if operation is Operation.CONVERT:
+            destination = Path(args.destination).absolute()
+            output = Output(
+                root=str(destination.parent),
+                path=destination.name,
+                format=OutputFormat(args.format),
+                compression=Compression(args.compression),
+                preallocation=Preallocation(args.preallocation),
+                overwrite=args.overwrite,
+            )
+        return Job(
+            name=Path(args.source).name or "disk",
+            operation=operation,
+            disks=[Disk(name="disk", source=source, output=output)],
+            verify=not getattr(args, "no_verify", False),
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        return _fail(first["msg"].removeprefix("Value error, "), Reason.INVALID_JOB, 3)
+
+
+def _report_failure(result: Result) -> int:
+    code = JobRunner.exit_code(result)
+    if result.error is not None:
+        _fail(result.error.message, result.error.reason, code)
+    return code
+
+
+def _inspect(args: argparse.Namespace, cancel: CancelToken) -> int:
+    job = _single_job(args, Operation.INSPECT)
+    if isinstance(job, int):
+        return job
+    result, runner = _execute(job, cancel, stream=None, bar=False)
+    if result.state is not JobState.SUCCEEDED:
+        return _report_failure(result)
+    report = runner.reports["disk"]
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(console.inspection_text(report))
+    return ExitCode.OK
+
+
+def _convert(args: argparse.Namespace, cancel: CancelToken) -> int:
+    job = _single_job(args, Operation.CONVERT)
+    if isinstance(job, int):
+        return job
+    stream = sys.stdout if args.json else None
+    result, _ = _execute(job, cancel, stream=stream, bar=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"type": "result", **json.loads(encode_result(result))}), flush=True)
+    if result.state is not JobState.SUCCEEDED:
+        return _report_failure(result)
+    if not args.json:
+        disk = result.disks[0]
+        print(
+            f"{disk.output}: {disk.format}, {console.human_bytes(disk.virtual_size)} virtual, "
+            f"{console.human_bytes(disk.file_size)} on disk"
+            + (f", verified {disk.digest}" if disk.verified else ", not verified")
+        )
+    return ExitCode.OK
+
+
+def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
+    try:
+        job = Job.model_validate_json(args.job.read_bytes())
+    except (OSError, ValidationError) as error:
+        message = _job_error(args.job, error)
+        _write_result(args.result, _refused(message))
+        return _fail(message, Reason.INVALID_JOB, ExitCode.PERMANENT)
+    try:
+        address = parse_listen(args.listen)
+    except ValueError as error:
+        return _fail(str(error), Reason.INVALID_JOB, ExitCode.USAGE)
+    sink = EventSink(time.time, stream=sys.stdout, path=args.events)
+    runner = JobRunner(job, ToolRunner(cancel), sink, time.time)
+    server = None
+    if not args.no_listen:
+        volumes = [Path(disk.output.root) for disk in job.disks if disk.output is not None]
+        try:
+            server = StatusServer(address, job.name, runner.board.snapshot, volumes).start()
+        except OSError as error:
+            return _fail(f"cannot listen on {args.listen}: {error.strerror}", "Listen", 75)
+        host, port = server.address
+        sink.emit("listening", address=f"{host}:{port}")
+    try:
+        result = runner.run()
+        sink.emit("result", **json.loads(encode_result(result)))
+        _write_result(args.result, result)
+    finally:
+        if server is not None:
+            server.stop()
+        sink.close()
+    return _report_failure(result)
+
+
+def _job_error(path: Path, error: OSError | ValidationError) -> str:
+    if isinstance(error, OSError):
+        return f"cannot read job file {path}: {error.strerror}"
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "job"
+    return f"invalid job {path}: {where}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def _refused(message: str) -> Result:
+    return Result(
+        job="unknown",
+        state=JobState.FAILED,
+        error=ErrorInfo(reason=Reason.INVALID_JOB.value, message=message[:1024], permanent=True),
+    )
+
+
+def _write_result(path: Path | None, result: Result) -> None:
+    if path is None:
+        return
+    # Written in place: a Pod's termination-message file is a mount that cannot be renamed over.
+    path.write_text(encode_result(result), encoding="utf-8")
+
+
+def _capabilities(args: argparse.Namespace, cancel: CancelToken) -> int:
+    report = capabilities.report(ToolRunner(cancel), args.location)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        for key, value in report.items():
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            print(f"{key + ':':<20}{shown}")
+    return ExitCode.OK if report["ready"] else ExitCode.TRANSIENT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Converting one disk: preflight checks, qemu-img, verification, and the atomic rename.
+
+Nothing is ever written at the requested output path until the output is complete,
+flushed to disk and (by default) proven equal to the source: the work happens in a
+hidden temporary file beside it, removed on every failure and on cancellation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyper2kvm_worker.digest import Digester
+from hyper2kvm_worker.errors import BadInput, Reason, TransientFailure
+from hyper2kvm_worker.paths import confine_new
+from hyper2kvm_worker.protocol import (
+    Compression,
+    DiskResult,
+    Output,
+    OutputFormat,
+    Preallocation,
+    Source,
+)
+from hyper2kvm_worker.qemu_img import ConvertOptions, QemuImg
+from hyper2kvm_worker.sources import OpenedSource, open_source
+from hyper2kvm_worker.tools import ToolRunner
+
+SPACE_MARGIN = 64 << 20  # leave room for the filesystem's own metadata
+
+
+@dataclass(frozen=True)
+class Observer:
+    """How a conversion reports what it does; the job runner and the CLI supply these."""
+
+    on_size: Callable[[int], None]
+    on_phase: Callable[[str], None]
+    on_bytes: Callable[[int], None]
+
+
+def create_options(output: Output) -> tuple[str, ...]:
+    options: list[str] = []
+    if output.format is OutputFormat.QCOW2:
+        options.append("compat=1.1")
+        if output.compression is not Compression.NONE:
+            options.append(f"compression_type={output.compression.value}")
+    if output.preallocation is not Preallocation.OFF:
+        options.append(f"preallocation={output.preallocation.value}")
+    return tuple(options)
+
+
+def partial_path(final: Path) -> Path:
+    """The temporary name beside the output; fixed, so a retry clears a killed attempt's file."""
+    return final.with_name(f".{final.name}.hyper2kvm-partial")
+
+
+def data_file_of(source: OpenedSource) -> Path | None:
+    """The single local file that holds all of the source's data, when there is one."""
+    layout = source.layout
+    if not source.local or layout.descriptor.has_parent:
+        return None
+    if layout.single_file:
+        return layout.files[0]
+    file_extents = [extent for extent in layout.descriptor.extents if extent.file is not None]
+    if len(layout.descriptor.extents) == 1 and len(file_extents) == 1:
+        return layout.files[1]
+    return None
+
+
+class Converter:
+    def __init__(self, runner: ToolRunner) -> None:
+        self._runner = runner
+        self._qemu_img = QemuImg(runner)
+        self._digester = Digester(runner)
+
+    def convert(
+        self, name: str, source: Source, output: Output, verify: bool, observer: Observer
+    ) -> DiskResult:
+        final = check_output(output)
+        with open_source(source, self._runner) as opened:
+            info = self._qemu_img.info(opened.image, opened.format)
+            size = int(info["virtual-size"])
+            observer.on_size(size)
+            damage = self._qemu_img.check(opened.image, opened.format)
+            if damage is not None:
+                raise BadInput(Reason.INVALID_IMAGE, f"{opened.label} is damaged: {damage}")
+            options = ConvertOptions(
+                source_format=opened.format,
+                output_format=output.format.value,
+                create_options=create_options(output),
+                compress=output.compression is not Compression.NONE,
+            )
+            required = self._qemu_img.measure(
+                opened.image, opened.format, options.output_format, options.create_options
+            )
+            _check_space(final.parent, required)
+            partial = partial_path(final)
+            partial.unlink(missing_ok=True)
+            try:
+                digest = self._write(opened, partial, options, size, verify, observer)
+                partial.replace(final)
+                _fsync_directory(final.parent)
+            finally:
+                partial.unlink(missing_ok=True)
+        return DiskResult(
+            name=name,
+            output=str(final),
+            format=output.format.value,
+            virtual_size=size,
+            file_size=final.stat().st_size,
+            digest=digest,
+            verified=verify,
+        )
+
+    def _write(
+        self,
+        opened: OpenedSource,
+        partial: Path,
+        options: ConvertOptions,
+        size: int,
+        verify: bool,
+        observer: Observer,
+    ) -> str | None:
+        """Convert into `partial`, flush it, and return its digest (None without verify)."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
+            source_digest: Future[str] | None = None
+            abort_source_digest = self._runner.cancel.child()
+            if verify:
+                # The source is hashed while qemu-img converts: the two use different cores.
+                source_digester = Digester(ToolRunner(abort_source_digest))
+                source_digest = pool.submit(
+                    source_digester.digest, opened.image, opened.format, data_file_of(opened),
+                    lambda _done: None,
+                )  # fmt: skip
+            observer.on_phase("converting")
+            try:
+                self._qemu_img.convert(
+                    opened.image,
+                    str(partial),
+                    options,
+                    lambda percent: observer.on_bytes(int(size * percent / 100)),
+                )
+            except BaseException:
+                abort_source_digest.cancel()  # do not wait for a digest nobody needs
+                raise
+            observer.on_bytes(size)
+            flushed = pool.submit(_fsync_file, partial)
+            if not verify or source_digest is None:
+                flushed.result()
+                return None
+            observer.on_phase("verifying")
+            output_digest = self._digester.digest(
+                str(partial), options.output_format, partial, observer.on_bytes
+            )
+            expected = source_digest.result()
+            flushed.result()
+        if output_digest != expected:
+            raise TransientFailure(
+                Reason.VERIFICATION_FAILED,
+                f"the converted image differs from {opened.label} "
+                f"({output_digest} != {expected}); nothing was written, retry the job",
+            )
+        return output_digest
+
+
+def check_output(output: Output) -> Path:
+    """The output's final path, after every check that can be made before converting."""
+    root = Path(output.root)
+    if not root.is_dir():
+        raise BadInput(Reason.OUTPUT_NOT_WRITABLE, f"output volume {root} is not a directory")
+    final = confine_new(root, output.path, "output")
+    if not final.parent.is_dir():
+        raise BadInput(
+            Reason.OUTPUT_NOT_WRITABLE, f"output directory {final.parent} does not exist"
+        )
+    if not os.access(final.parent, os.W_OK | os.X_OK):
+        raise BadInput(
+            Reason.OUTPUT_NOT_WRITABLE, f"output directory {final.parent} is not writable"
+        )
+    if final.exists() and not output.overwrite:
+        raise BadInput(
+            Reason.OUTPUT_EXISTS,
+            f"{final} already exists; pass --overwrite (overwrite: true in a job) to replace it",
+        )
+    if final.is_dir():
+        raise BadInput(Reason.OUTPUT_EXISTS, f"{final} is a directory")
+    return final
+
+
+def _check_space(directory: Path, required: int) -> None:
+    stats = os.statvfs(directory)
+    free = stats.f_bavail * stats.f_frsize
+    if free < required + SPACE_MARGIN:
+        raise BadInput(
+            Reason.INSUFFICIENT_SPACE,
+            f"{directory} has {free >> 20} MiB free but the output needs up to "
+            f"{(required + SPACE_MARGIN) >> 20} MiB; free space or choose another volume",
+        )
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
+        _fsync_file(directory)

@@ -1,0 +1,135 @@
+"""Inspecting a source disk without booting it: VMDK layout, sizes, partitions, filesystems."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hyper2kvm_worker.partitions import HEAD_BYTES, Partition, parse_partition_table
+from hyper2kvm_worker.protocol import Source
+from hyper2kvm_worker.qemu_img import QemuImg
+from hyper2kvm_worker.sources import OpenedSource, open_source
+from hyper2kvm_worker.tools import ToolRunner
+
+FS_PROBE_BYTES = 128 * 1024  # covers every common superblock, btrfs's at 64 KiB included
+_DDB_FIELDS = {
+    "ddb.adapterType": "adapter_type",
+    "ddb.virtualHWVersion": "hardware_version",
+    "ddb.uuid": "uuid",
+    "ddb.longContentID": "long_content_id",
+    "ddb.toolsVersion": "tools_version",
+    "ddb.thinProvisioned": "thin_provisioned",
+}
+
+
+class Inspector:
+    def __init__(self, runner: ToolRunner) -> None:
+        self._runner = runner
+        self._qemu_img = QemuImg(runner)
+
+    def inspect(self, source: Source) -> dict[str, Any]:
+        with open_source(source, self._runner) as opened:
+            return self.inspect_opened(opened)
+
+    def inspect_opened(self, opened: OpenedSource) -> dict[str, Any]:
+        info = self._qemu_img.info(opened.image, opened.format)
+        descriptor = opened.layout.descriptor
+        header = opened.layout.header
+        report: dict[str, Any] = {
+            "source": opened.label,
+            "format": opened.format,
+            "subformat": descriptor.create_type,
+            "virtual_size": int(info["virtual-size"]),
+            "allocated_bytes": _allocated(opened, info),
+            "extents": [
+                {
+                    "file": extent.file,
+                    "type": extent.type,
+                    "access": extent.access,
+                    "size": extent.size_bytes,
+                }
+                for extent in descriptor.extents
+            ],
+            "cid": descriptor.cid,
+            "parent_cid": descriptor.parent_cid,
+            "parent_file": descriptor.parent_file if descriptor.has_parent else None,
+        }
+        for key, name in _DDB_FIELDS.items():
+            report[name] = descriptor.ddb.get(key)
+        if header is not None:
+            report["sparse_header"] = {
+                "version": header.version,
+                "grain_size": header.grain_sectors * 512,
+                "compressed": header.stream_optimized,
+            }
+        report.update(self._partitions(opened))
+        return report
+
+    def _partitions(self, opened: OpenedSource) -> dict[str, Any]:
+        head = self._qemu_img.read_head(opened.image, opened.format, HEAD_BYTES)
+        table = parse_partition_table(head)
+        if table is None:
+            whole = self._filesystem(opened, 0)
+            return {"partition_table": None, "filesystems": [whole] if whole else []}
+        partitions = []
+        for partition in table.partitions:
+            entry = _partition_dict(partition)
+            if partition.type_name not in ("extended", "extended (LBA)", "BIOS boot"):
+                entry["filesystem"] = self._filesystem(opened, partition.start)
+            partitions.append(entry)
+        return {
+            "partition_table": {
+                "scheme": table.scheme,
+                "disk_guid": table.disk_guid,
+                "partitions": partitions,
+            }
+        }
+
+    def _filesystem(self, opened: OpenedSource, start: int) -> dict[str, str] | None:
+        data = self._qemu_img.read_head(opened.image, opened.format, FS_PROBE_BYTES, skip=start)
+        if not data.strip(b"\x00"):
+            return None
+        with tempfile.TemporaryDirectory(prefix="hyper2kvm-fs-") as scratch:
+            probe = Path(scratch) / "probe"
+            probe.write_bytes(data)
+            done = self._runner.run(["blkid", "-p", "-o", "export", str(probe)])
+        if done.returncode != 0:
+            return None
+        fields = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+        wanted = ("TYPE", "UUID", "LABEL", "VERSION", "PTTYPE")
+        return {key.lower(): fields[key] for key in wanted if key in fields} or None
+
+
+def _partition_dict(partition: Partition) -> dict[str, Any]:
+    return {
+        "number": partition.number,
+        "start": partition.start,
+        "size": partition.size,
+        "type": partition.type,
+        "type_name": partition.type_name,
+        "name": partition.name or None,
+        "bootable": partition.bootable,
+    }
+
+
+def _allocated(opened: OpenedSource, info: dict[str, Any]) -> int | None:
+    if opened.local and opened.layout.files:
+        return sum(path.stat().st_blocks * 512 for path in opened.layout.files)
+    actual = info.get("actual-size")
+    return int(actual) if actual is not None else None
+
+
+def summary(report: dict[str, Any]) -> dict[str, object]:
+    """The few fields that fit in a result beside everything else (< 4 KiB)."""
+    table = report.get("partition_table") or {}
+    filesystems = [
+        (part.get("filesystem") or {}).get("type") for part in table.get("partitions", [])
+    ] or [fs.get("type") for fs in report.get("filesystems", [])]
+    return {
+        "subformat": report["subformat"],
+        "virtual_size": report["virtual_size"],
+        "allocated_bytes": report["allocated_bytes"],
+        "partition_table": table.get("scheme"),
+        "filesystems": [fs for fs in filesystems if fs],
+    }

@@ -1,0 +1,150 @@
+"""Running one Worker Job Protocol v1 job through its state machine to a Result."""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from hyper2kvm_worker.conversion import Converter, Observer, check_output
+from hyper2kvm_worker.errors import Cancelled, ExitCode, Reason, WorkerError
+from hyper2kvm_worker.events import EventSink
+from hyper2kvm_worker.inspection import Inspector, summary
+from hyper2kvm_worker.protocol import (
+    Disk,
+    DiskResult,
+    ErrorInfo,
+    Job,
+    JobState,
+    Operation,
+    Result,
+)
+from hyper2kvm_worker.reporting import ProgressBoard
+from hyper2kvm_worker.sources import open_source
+from hyper2kvm_worker.states import StateMachine
+from hyper2kvm_worker.tools import ToolRunner
+
+PROGRESS_EVENT_SECONDS = 1.0
+
+
+class JobRunner:
+    def __init__(
+        self, job: Job, runner: ToolRunner, sink: EventSink, clock: Callable[[], float]
+    ) -> None:
+        self.job = job
+        self._runner = runner
+        self._sink = sink
+        self._machine = StateMachine(clock)
+        passes = 2 if job.operation is Operation.CONVERT and job.verify else 1
+        self.board = ProgressBoard([disk.name for disk in job.disks], passes, clock)
+        self.reports: dict[str, dict[str, Any]] = {}
+        self._ticker_stop = threading.Event()
+
+    def run(self) -> Result:
+        """Never raises for job failures: they end in the Result (and the exit code)."""
+        results: list[DiskResult] = []
+        error: ErrorInfo | None = None
+        ticker = threading.Thread(target=self._tick, name="progress-events", daemon=True)
+        ticker.start()
+        try:
+            self._move(JobState.VALIDATING)
+            self._validate()
+            self._move(JobState.RUNNING)
+            for disk in self.job.disks:
+                results.append(self._run_disk(disk))
+            self._move(JobState.SUCCEEDED)
+        except WorkerError as failure:
+            error = ErrorInfo(
+                reason=failure.reason.value,
+                message=failure.message[:1024],
+                permanent=failure.permanent,
+            )
+            final = JobState.CANCELLED if isinstance(failure, Cancelled) else JobState.FAILED
+            self._move(final, failure.reason.value, failure.message)
+        except Exception as bug:  # noqa: BLE001 - any bug must still end the job with a result
+            self._sink.emit("log", level="error", message=traceback.format_exc())
+            error = ErrorInfo(
+                reason=Reason.INTERNAL.value,
+                message=f"internal error: {type(bug).__name__}: {bug}"[:1024],
+                permanent=False,
+            )
+            self._move(JobState.FAILED, Reason.INTERNAL.value, error.message)
+        finally:
+            self._ticker_stop.set()
+            ticker.join()
+        self._sink.emit("progress", **self.board.snapshot().model_dump())
+        return Result(
+            job=self.job.name,
+            state=self._machine.state,
+            disks=results,
+            error=error,
+            history=list(self._machine.history),
+        )
+
+    @staticmethod
+    def exit_code(result: Result) -> ExitCode:
+        if result.state is JobState.SUCCEEDED:
+            return ExitCode.OK
+        if result.state is JobState.CANCELLED:
+            return ExitCode.CANCELLED
+        if result.error is not None and result.error.reason == Reason.INTERNAL.value:
+            return ExitCode.INTERNAL
+        if result.error is not None and result.error.permanent:
+            return ExitCode.PERMANENT
+        return ExitCode.TRANSIENT
+
+    def _move(self, state: JobState, reason: str | None = None, message: str | None = None) -> None:
+        if self._machine.state == state:
+            return
+        self._machine.move(state, reason)
+        self.board.set_state(state)
+        fields: dict[str, Any] = {"state": state.value}
+        if reason:
+            fields["reason"] = reason
+        if message:
+            fields["message"] = message
+        self._sink.emit("state", **fields)
+
+    def _validate(self) -> None:
+        """Check every disk before writing anything, so disk 3's typo fails before disk 1."""
+        for disk in self.job.disks:
+            self._runner.cancel.raise_if_cancelled()
+            if self.job.operation is Operation.CONVERT and disk.output is not None:
+                check_output(disk.output)
+            with open_source(disk.source, self._runner):
+                pass
+
+    def _run_disk(self, disk: Disk) -> DiskResult:
+        if self.job.operation is Operation.INSPECT:
+            self.board.start_phase(disk.name, "inspecting")
+            report = Inspector(self._runner).inspect(disk.source)
+            self.reports[disk.name] = report
+            self._sink.emit("report", disk=disk.name, inspection=report)
+            self.board.set_size(disk.name, int(report["virtual_size"]))
+            self.board.finish_disk(disk.name)
+            return DiskResult(
+                name=disk.name, virtual_size=int(report["virtual_size"]), inspection=summary(report)
+            )
+        assert disk.output is not None  # the protocol guarantees it for convert
+
+        def on_phase(phase: str) -> None:
+            self.board.start_phase(disk.name, phase)
+            self._move(JobState.VERIFYING if phase == "verifying" else JobState.RUNNING)
+
+        observer = Observer(
+            on_size=lambda size: self.board.set_size(disk.name, size),
+            on_phase=on_phase,
+            on_bytes=lambda done: self.board.advance(disk.name, done),
+        )
+        result = Converter(self._runner).convert(
+            disk.name, disk.source, disk.output, self.job.verify, observer
+        )
+        self.board.finish_disk(disk.name)
+        self._sink.emit("disk", **result.model_dump(exclude_none=True))
+        return result
+
+    def _tick(self) -> None:
+        while not self._ticker_stop.wait(PROGRESS_EVENT_SECONDS):
+            if self._machine.state in (JobState.RUNNING, JobState.VERIFYING):
+                self._sink.emit("progress", **self.board.snapshot().model_dump())

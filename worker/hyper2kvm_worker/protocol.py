@@ -1,0 +1,238 @@
+"""Worker Job Protocol v1: the contract between the operator and the worker.
+
+The operator writes a `Job` (JSON) for the worker Pod; the worker writes events (JSON
+lines) while it runs and one small `Result` (JSON, < 4 KiB) when it ends. Every model
+rejects unknown fields so a typo in a job is an error, not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PROTOCOL_VERSION: Literal["hyper2kvm.io/worker-job/v1"] = "hyper2kvm.io/worker-job/v1"
+RESULT_MAX_BYTES = 4096  # a Pod's termination message is cut at 4 KiB
+DIGEST_ALGORITHM = "blake3"  # of the raw virtual disk content, as `b3sum` prints it
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_relative_path(value: str) -> str:
+    """A path inside a volume: relative, normalised, never climbing out with `..`."""
+    if not value or value.startswith("/"):
+        raise ValueError(f"path {value!r} must be relative to its volume root")
+    if "\x00" in value:
+        raise ValueError("path must not contain NUL")
+    parts = value.split("/")
+    if ".." in parts:
+        raise ValueError(f"path {value!r} must not contain '..'")
+    return posixpath.normpath(value)
+
+
+RelativePath = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class Operation(enum.StrEnum):
+    INSPECT = "inspect"
+    CONVERT = "convert"
+
+
+class OutputFormat(enum.StrEnum):
+    QCOW2 = "qcow2"
+    RAW = "raw"
+
+
+class Compression(enum.StrEnum):
+    NONE = "none"
+    ZLIB = "zlib"
+    ZSTD = "zstd"
+
+
+class Preallocation(enum.StrEnum):
+    OFF = "off"
+    METADATA = "metadata"
+    FALLOC = "falloc"
+
+
+class FileSource(_Model):
+    """A VMDK on a mounted volume (hostPath or PVC): `root` is the mount, `path` the descriptor."""
+
+    kind: Literal["file"] = "file"
+    root: str
+    path: RelativePath
+
+    _path = field_validator("path")(check_relative_path)
+
+
+class OvaSource(_Model):
+    """An OVA (tar) on a mounted volume; the disk is read in place, never extracted."""
+
+    kind: Literal["ova"] = "ova"
+    root: str
+    path: RelativePath
+    disk: str | None = Field(
+        default=None, description="tar member name of the disk; default: the only .vmdk"
+    )
+
+    _path = field_validator("path")(check_relative_path)
+
+
+class HttpSource(_Model):
+    """A single-file VMDK (monolithicSparse or streamOptimized) served over HTTP(S)."""
+
+    kind: Literal["http"] = "http"
+    url: str = Field(pattern=r"^https?://\S+$")
+    user: str | None = None
+    password_file: str | None = Field(
+        default=None, description="file holding the password (a mounted Secret)"
+    )
+    ca_file: str | None = None
+
+
+Source = Annotated[FileSource | OvaSource | HttpSource, Field(discriminator="kind")]
+
+
+class Output(_Model):
+    root: str
+    path: RelativePath
+    format: OutputFormat = OutputFormat.QCOW2
+    compression: Compression = Compression.NONE
+    preallocation: Preallocation = Preallocation.OFF
+    overwrite: bool = False
+
+    _path = field_validator("path")(check_relative_path)
+
+    @model_validator(mode="after")
+    def _options_fit_format(self) -> Output:
+        if self.format is OutputFormat.RAW and self.compression is not Compression.NONE:
+            raise ValueError("compression needs format qcow2; raw images cannot be compressed")
+        if self.format is OutputFormat.RAW and self.preallocation is Preallocation.METADATA:
+            raise ValueError("preallocation 'metadata' needs format qcow2; use off or falloc")
+        if self.compression is not Compression.NONE and self.preallocation is not (
+            Preallocation.OFF
+        ):
+            raise ValueError("a compressed qcow2 cannot be preallocated; use preallocation off")
+        return self
+
+    @property
+    def full_path(self) -> str:
+        return posixpath.join(self.root, self.path)
+
+
+class Disk(_Model):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    source: Source
+    output: Output | None = None
+
+
+class Job(_Model):
+    version: Literal["hyper2kvm.io/worker-job/v1"] = PROTOCOL_VERSION
+    name: str = Field(min_length=1, max_length=253)
+    operation: Operation
+    disks: list[Disk] = Field(min_length=1, max_length=64)
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Job:
+        names = [disk.name for disk in self.disks]
+        if len(set(names)) != len(names):
+            raise ValueError("disk names must be unique")
+        if self.operation is Operation.CONVERT:
+            missing = [disk.name for disk in self.disks if disk.output is None]
+            if missing:
+                raise ValueError(f"convert needs an output for every disk; missing: {missing}")
+            outputs = [disk.output.full_path for disk in self.disks if disk.output]
+            if len(set(outputs)) != len(outputs):
+                raise ValueError("two disks write the same output path")
+        return self
+
+
+# ---------------------------------------------------------------------------- events
+
+
+class JobState(enum.StrEnum):
+    PENDING = "pending"
+    VALIDATING = "validating"
+    RUNNING = "running"
+    VERIFYING = "verifying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Transition(_Model):
+    state: JobState
+    time: float = Field(description="seconds since the epoch")
+    reason: str | None = None
+
+
+class DiskProgress(_Model):
+    name: str
+    phase: str = Field(description="waiting, converting, verifying, inspecting or done")
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+class Progress(_Model):
+    """What `GET /progress` returns and what progress events carry."""
+
+    state: JobState
+    percent: float = 0.0
+    bytes_done: int = 0
+    bytes_total: int = 0
+    rate_bytes_per_second: float = 0.0
+    eta_seconds: float | None = None
+    disks: list[DiskProgress] = []
+
+
+class ErrorInfo(_Model):
+    reason: str
+    message: str = Field(max_length=1024)
+    permanent: bool
+
+
+class DiskResult(_Model):
+    name: str
+    output: str | None = None
+    format: str | None = None
+    virtual_size: int | None = None
+    file_size: int | None = None
+    digest: str | None = Field(default=None, description=f"{DIGEST_ALGORITHM} of the content")
+    verified: bool = False
+    inspection: dict[str, object] | None = Field(
+        default=None, description="a short summary; the full report is in the events"
+    )
+
+
+class Result(_Model):
+    version: Literal["hyper2kvm.io/worker-job/v1"] = PROTOCOL_VERSION
+    job: str
+    state: JobState
+    disks: list[DiskResult] = []
+    error: ErrorInfo | None = None
+    history: list[Transition] = []
+
+
+def encode_result(result: Result) -> str:
+    """JSON for the termination message, cut to fit: summaries go first, the outcome stays."""
+    text = result.model_dump_json(exclude_none=True)
+    if len(text.encode()) <= RESULT_MAX_BYTES:
+        return text
+    slim = result.model_copy(
+        update={"disks": [disk.model_copy(update={"inspection": None}) for disk in result.disks]}
+    )
+    text = slim.model_dump_json(exclude_none=True)
+    if len(text.encode()) <= RESULT_MAX_BYTES:
+        return text
+    slimmer = slim.model_copy(update={"history": slim.history[-2:]})
+    text = slimmer.model_dump_json(exclude_none=True)
+    if len(text.encode()) <= RESULT_MAX_BYTES:
+        return text
+    # Only the outcome and the error remain; per-disk details are in the events file.
+    bare = slimmer.model_copy(update={"disks": [], "history": []})
+    return bare.model_dump_json(exclude_none=True)

@@ -1,0 +1,144 @@
+"""The qemu-img adapter: every qemu-img command the worker runs, with typed results."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hyper2kvm_worker.errors import BadInput, Reason, TransientFailure
+from hyper2kvm_worker.progress import parse_qemu_percent
+from hyper2kvm_worker.tools import Completed, ToolRunner, require
+
+QEMU_PACKAGE = "qemu-utils"
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    start: int
+    length: int
+    data: bool
+    zero: bool
+    depth: int  # 0: in this image; more: in a parent (backing) image
+    offset: int | None  # where the bytes lie in the image file, when qemu can say
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    source_format: str
+    output_format: str
+    create_options: tuple[str, ...] = ()  # -o key=value
+    compress: bool = False
+    # Out-of-order writes and more coroutines keep the disk busy; safe with no backing file.
+    out_of_order: bool = True
+    coroutines: int = 16
+
+
+class QemuImg:
+    def __init__(self, runner: ToolRunner) -> None:
+        self._runner = runner
+
+    def _run(self, args: list[str], on_output: Callable[[str], None] | None = None) -> Completed:
+        require("qemu-img", QEMU_PACKAGE)
+        return self._runner.run(["qemu-img", *args], on_output=on_output)
+
+    def _json(self, args: list[str], what: str, image: str) -> Any:
+        done = self._run([*args, "--output=json"])
+        if done.returncode != 0:
+            raise BadInput(
+                Reason.INVALID_IMAGE,
+                f"qemu-img cannot read {image} ({what}): {done.last_error_line()}",
+            )
+        return json.loads(done.stdout)
+
+    def info(self, image: str, fmt: str | None = None) -> dict[str, Any]:
+        args = ["info", *(["-f", fmt] if fmt else [])]
+        info: dict[str, Any] = self._json([*args, image], "info", image)
+        return info
+
+    def map(self, image: str, fmt: str) -> list[MapEntry]:
+        raw = self._json(["map", "-f", fmt, image], "map", image)
+        return [
+            MapEntry(
+                start=entry["start"],
+                length=entry["length"],
+                data=entry["data"],
+                zero=entry["zero"],
+                depth=entry.get("depth", 0),
+                offset=entry.get("offset"),
+            )
+            for entry in raw
+        ]
+
+    def check(self, image: str, fmt: str) -> str | None:
+        """None when the image's metadata is consistent, else qemu-img's first complaint."""
+        done = self._run(["check", "-f", fmt, image])
+        # 0: clean, 3: leaked clusters only (harmless for reading), 63: check not supported.
+        if done.returncode in (0, 3, 63):
+            return None
+        lines = [
+            line.strip()
+            for line in (done.stdout + done.stderr).splitlines()
+            if line.strip().startswith(("ERROR", "qemu-img:"))
+        ]
+        return lines[0] if lines else done.last_error_line()
+
+    def measure(self, image: str, fmt: str, output_format: str, options: tuple[str, ...]) -> int:
+        """Bytes the output needs at most (qemu-img measure's `required`)."""
+        args = ["measure", "-f", fmt, "-O", output_format]
+        if options:
+            args += ["-o", ",".join(options)]
+        result = self._json([*args, image], "measure", image)
+        return int(result["required"])
+
+    def convert(
+        self,
+        source: str,
+        target: str,
+        options: ConvertOptions,
+        on_percent: Callable[[float], None],
+    ) -> None:
+        args = ["convert", "-p", "-f", options.source_format, "-O", options.output_format]
+        if options.create_options:
+            args += ["-o", ",".join(options.create_options)]
+        if options.compress:
+            args.append("-c")
+        if options.out_of_order and not options.compress:
+            args.append("-W")
+        args += ["-m", str(options.coroutines), source, target]
+
+        def progress(chunk: str) -> None:
+            percent = parse_qemu_percent(chunk)
+            if percent is not None:
+                on_percent(percent)
+
+        done = self._run(args, on_output=progress)
+        if done.returncode != 0:
+            message = done.last_error_line()
+            if "No space left" in message:
+                raise TransientFailure(Reason.INSUFFICIENT_SPACE, f"output volume full: {message}")
+            raise TransientFailure(Reason.TOOL_FAILED, f"qemu-img convert failed: {message}")
+
+    def read_head(self, image: str, fmt: str, length: int, skip: int = 0) -> bytes:
+        """`length` bytes of the virtual disk from byte `skip` (both multiples of 512)."""
+        with tempfile.TemporaryDirectory(prefix="hyper2kvm-dd-") as scratch:
+            out = Path(scratch) / "head.raw"
+            done = self._run(
+                [
+                    "dd", "-f", fmt, "-O", "raw", "bs=512",
+                    f"count={length // 512}", f"skip={skip // 512}",
+                    f"if={image}", f"of={out}",
+                ]
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise BadInput(
+                    Reason.INVALID_IMAGE, f"cannot read {image}: {done.last_error_line()}"
+                )
+            return out.read_bytes()
+
+    def version(self) -> str:
+        done = self._run(["--version"])
+        return done.stdout.splitlines()[0] if done.stdout else "unknown"

@@ -1,0 +1,188 @@
+"""VMDK descriptor and sparse-header parsing, and the path checks made before qemu sees a file.
+
+Pure code over text and bytes. qemu-img follows every extent and parent path a descriptor
+names, so a hostile descriptor could make it copy any host file into the output image:
+`unsafe_references` is the first line of defence (the second, on disk, resolves symlinks).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+
+SECTOR = 512
+DESCRIPTOR_MAX_BYTES = 1 << 20  # real descriptors are a few hundred bytes
+_SPARSE_MAGIC = b"KDMV"
+_COWD_MAGIC = b"COWD"
+_SPARSE_HEADER = struct.Struct("<IIIQQQQIQQQ?ccccH")
+_FLAG_COMPRESSED = 1 << 16
+_FLAG_MARKERS = 1 << 17
+_NO_PARENT = 0xFFFFFFFF
+
+_EXTENT_LINE = re.compile(
+    r"^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\d+)\s+(?P<type>[A-Z]+)"
+    r'(?:\s+"(?P<file>[^"]*)"(?:\s+(?P<offset>\d+))?)?\s*$'
+)
+_KEY_VALUE = re.compile(r'^(?P<key>[A-Za-z0-9_.]+)\s*=\s*"?(?P<value>[^"]*)"?\s*$')
+
+FILE_EXTENT_TYPES = frozenset({"FLAT", "SPARSE", "VMFS", "VMFSSPARSE", "SESPARSE"})
+DEVICE_EXTENT_TYPES = frozenset({"VMFSRDM", "VMFSRAW"})  # raw device mappings: never followed
+KNOWN_EXTENT_TYPES = FILE_EXTENT_TYPES | DEVICE_EXTENT_TYPES | {"ZERO"}
+
+
+class DescriptorError(ValueError):
+    """The text is not a VMDK descriptor qemu could use."""
+
+
+@dataclass(frozen=True)
+class Extent:
+    access: str
+    sectors: int
+    type: str
+    file: str | None
+    offset_sectors: int = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self.sectors * SECTOR
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    create_type: str
+    extents: tuple[Extent, ...]
+    cid: str | None = None
+    parent_cid: str | None = None
+    parent_file: str | None = None
+    version: str | None = None
+    ddb: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def virtual_size(self) -> int:
+        return sum(extent.size_bytes for extent in self.extents)
+
+    @property
+    def has_parent(self) -> bool:
+        return self.parent_cid is not None and int(self.parent_cid, 16) != _NO_PARENT
+
+
+@dataclass(frozen=True)
+class SparseHeader:
+    version: int
+    flags: int
+    capacity_sectors: int
+    grain_sectors: int
+    descriptor_offset_sectors: int
+    descriptor_sectors: int
+    compress_algorithm: int
+
+    @property
+    def stream_optimized(self) -> bool:
+        return bool(self.flags & _FLAG_COMPRESSED and self.flags & _FLAG_MARKERS)
+
+
+def looks_like_descriptor(head: bytes) -> bool:
+    text = head.lstrip()
+    return text.startswith(b"# Disk DescriptorFile") or (
+        b"createType" in head[:4096] and b"\x00" not in head[:4096]
+    )
+
+
+def parse_descriptor(text: str) -> Descriptor:
+    values: dict[str, str] = {}
+    ddb: dict[str, str] = {}
+    extents: list[Extent] = []
+    for raw_line in text.splitlines():
+        line = raw_line.strip().rstrip("\x00")
+        if not line or line.startswith("#"):
+            continue
+        extent = _EXTENT_LINE.match(line)
+        if extent:
+            extents.append(_extent(extent))
+            continue
+        pair = _KEY_VALUE.match(line)
+        if pair is None:
+            raise DescriptorError(f"unreadable descriptor line: {line[:80]!r}")
+        target = ddb if pair["key"].startswith("ddb.") else values
+        target[pair["key"]] = pair["value"]
+    if "createType" not in values:
+        raise DescriptorError("descriptor has no createType")
+    if not extents:
+        raise DescriptorError("descriptor lists no extents")
+    return Descriptor(
+        create_type=values["createType"],
+        extents=tuple(extents),
+        cid=values.get("CID"),
+        parent_cid=values.get("parentCID"),
+        parent_file=values.get("parentFileNameHint"),
+        version=values.get("version"),
+        ddb=ddb,
+    )
+
+
+def _extent(match: re.Match[str]) -> Extent:
+    kind = match["type"]
+    if kind not in KNOWN_EXTENT_TYPES:
+        raise DescriptorError(f"unknown extent type {kind}")
+    if kind != "ZERO" and not match["file"]:
+        raise DescriptorError(f"{kind} extent without a file name")
+    return Extent(
+        access=match["access"],
+        sectors=int(match["sectors"]),
+        type=kind,
+        file=match["file"],
+        offset_sectors=int(match["offset"] or 0),
+    )
+
+
+def parse_sparse_header(head: bytes) -> SparseHeader | None:
+    """The header of a hosted sparse extent (`KDMV`), or None when `head` is not one."""
+    if len(head) < _SPARSE_HEADER.size or head[:4] != _SPARSE_MAGIC:
+        return None
+    fields = _SPARSE_HEADER.unpack_from(head)
+    return SparseHeader(
+        version=fields[1],
+        flags=fields[2],
+        capacity_sectors=fields[3],
+        grain_sectors=fields[4],
+        descriptor_offset_sectors=fields[5],
+        descriptor_sectors=fields[6],
+        compress_algorithm=fields[16],
+    )
+
+
+def is_cowd(head: bytes) -> bool:
+    """ESX 2.x sparse extents (vmfsSparse, `COWD`)."""
+    return head[:4] == _COWD_MAGIC
+
+
+def unsafe_reference(name: str) -> str | None:
+    """Why a file name from inside a descriptor may not be followed, or None when it may."""
+    if not name:
+        return "an empty file name"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name) or name.startswith("\\\\"):
+        return f"absolute path {name!r}"
+    if "\x00" in name:
+        return "a NUL byte in a file name"
+    parts = re.split(r"[\\/]", name)
+    if ".." in parts:
+        return f"path {name!r} climbs out with '..'"
+    if ":" in parts[0]:
+        return f"{name!r} looks like a protocol or device (qemu would open it as one)"
+    return None
+
+
+def unsafe_references(descriptor: Descriptor) -> list[str]:
+    """Every reason this descriptor must be refused before qemu-img opens it."""
+    problems = []
+    for extent in descriptor.extents:
+        if extent.type in DEVICE_EXTENT_TYPES:
+            problems.append(f"{extent.type} extent {extent.file!r} maps a raw device")
+        elif extent.file is not None and (why := unsafe_reference(extent.file)):
+            problems.append(f"extent {why}")
+    if descriptor.has_parent and descriptor.parent_file is not None:
+        why = unsafe_reference(descriptor.parent_file)
+        if why:
+            problems.append(f"parent {why}")
+    return problems
