@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from hyper2kvm_worker import __version__, capabilities, console
+from hyper2kvm_worker import __version__, console
 from hyper2kvm_worker.errors import ExitCode, Reason
 from hyper2kvm_worker.events import EventSink
 from hyper2kvm_worker.job_runner import JobRunner
@@ -39,7 +39,6 @@ from hyper2kvm_worker.protocol import (
     Source,
     encode_result,
 )
-from hyper2kvm_worker.status_server import StatusServer, parse_listen
 from hyper2kvm_worker.tools import CancelToken, ToolRunner
 
 PROG = "hyper2kvm-worker"
@@ -211,6 +210,9 @@ def _convert(args: argparse.Namespace, cancel: CancelToken) -> int:
 
 
 def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
+    # Imported here: prometheus-client and psutil cost start-up time the other commands skip.
+    from hyper2kvm_worker.status_server import StatusServer, parse_listen
+
     try:
         job = Job.model_validate_json(args.job.read_bytes())
     except (OSError, ValidationError) as error:
@@ -267,6 +269,8 @@ def _write_result(path: Path | None, result: Result) -> None:
 
 
 def _capabilities(args: argparse.Namespace, cancel: CancelToken) -> int:
+    from hyper2kvm_worker import capabilities
+
     report = capabilities.report(ToolRunner(cancel), args.location)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyper2kvm_worker import nbdkit
+from hyper2kvm_worker import http_probe, nbdkit
 from hyper2kvm_worker.errors import BadInput, Reason
 from hyper2kvm_worker.paths import confine
 from hyper2kvm_worker.protocol import FileSource, HttpSource, OvaSource, Source
@@ -44,6 +44,7 @@ def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
         with nbdkit.NbdkitServer(runner, nbdkit.tar_member_spec(str(archive), member.name)) as nbd:
             yield OpenedSource(nbd.uri, "vmdk", layout, label, local=False)
     elif isinstance(source, HttpSource):
+        http_probe.probe(source)
         spec = nbdkit.curl_spec(source.url, source.user, source.password_file, source.ca_file)
         with nbdkit.NbdkitServer(runner, spec) as nbd:
             layout = _remote_layout(QemuImg(runner), nbd.uri, source.url)

@@ -129,10 +129,14 @@ class ToolRunner:
         for reader in readers:
             reader.start()
         try:
-            while process.poll() is None:
-                if self.cancel.wait(_POLL_SECONDS):
-                    stop_group(process)
-                    raise Cancelled()
+            while True:
+                try:
+                    process.wait(_POLL_SECONDS)  # returns the moment the tool exits
+                    break
+                except subprocess.TimeoutExpired:
+                    if self.cancel.cancelled:
+                        stop_group(process)
+                        raise Cancelled() from None
         finally:
             stop_group(process)
             for reader in readers:

@@ -19,6 +19,7 @@ _SPARSE_HEADER = struct.Struct("<IIIQQQQIQQQ?ccccH")
 _FLAG_COMPRESSED = 1 << 16
 _FLAG_MARKERS = 1 << 17
 _NO_PARENT = 0xFFFFFFFF
+_GD_AT_END = 0xFFFFFFFFFFFFFFFF  # streamOptimized: the directory follows the grains
 
 _EXTENT_LINE = re.compile(
     r"^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\d+)\s+(?P<type>[A-Z]+)"
@@ -76,6 +77,17 @@ class SparseHeader:
     descriptor_offset_sectors: int
     descriptor_sectors: int
     compress_algorithm: int
+    gt_entries: int = 512
+    gd_offset_sectors: int = 0
+
+    @property
+    def grain_directory_entries(self) -> int:
+        per_table = self.grain_sectors * self.gt_entries
+        return -(-self.capacity_sectors // per_table) if per_table else 0
+
+    @property
+    def grain_directory_at_end(self) -> bool:
+        return self.gd_offset_sectors == _GD_AT_END
 
     @property
     def stream_optimized(self) -> bool:
@@ -149,7 +161,26 @@ def parse_sparse_header(head: bytes) -> SparseHeader | None:
         descriptor_offset_sectors=fields[5],
         descriptor_sectors=fields[6],
         compress_algorithm=fields[16],
+        gt_entries=fields[7],
+        gd_offset_sectors=fields[9],
     )
+
+
+def grain_directory_problem(header: SparseHeader, directory: bytes, file_size: int) -> str | None:
+    """Why a sparse extent's grain directory cannot be right, or None.
+
+    qemu reads a grain table that lies past the end of the file as zeros, so a damaged
+    directory would convert "successfully" into an empty disk; this catches it first.
+    """
+    count = header.grain_directory_entries
+    if len(directory) < count * 4:
+        return "its grain directory lies past the end of the file"
+    table_bytes = header.gt_entries * 4
+    for index in range(count):
+        entry = int.from_bytes(directory[index * 4 : index * 4 + 4], "little")
+        if entry and entry * SECTOR + table_bytes > file_size:
+            return f"grain table {index} points past the end of the file (sector {entry})"
+    return None
 
 
 def is_cowd(head: bytes) -> bool:

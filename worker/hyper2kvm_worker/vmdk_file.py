@@ -99,13 +99,38 @@ def _load_local(path: Path, depth: int) -> VmdkLayout:
         raise BadInput(Reason.SOURCE_NOT_FOUND, f"{path} is not readable (permission)") from None
     directory = path.parent
     files = [path]
-    if layout.header is None:
+    if layout.header is not None:
+        _check_grain_directory(path, layout.header)
+    else:
         for extent in layout.descriptor.extents:
             if extent.file is not None:
-                files.append(confine(directory, extent.file, f"extent of {path.name}"))
+                extent_path = confine(directory, extent.file, f"extent of {path.name}")
+                files.append(extent_path)
+                if extent.type == "SPARSE":
+                    _check_sparse_extent(extent_path)
     if layout.descriptor.has_parent:
         if not layout.descriptor.parent_file:
             raise BadInput(Reason.INVALID_IMAGE, f"{path} has a parent but no parentFileNameHint")
         parent_path = confine(directory, layout.descriptor.parent_file, f"parent of {path.name}")
         files.extend(_load_local(parent_path, depth + 1).files)
     return VmdkLayout(descriptor=layout.descriptor, header=layout.header, files=tuple(files))
+
+
+def _check_sparse_extent(path: Path) -> None:
+    with path.open("rb") as stream:
+        header = vd.parse_sparse_header(stream.read(512))
+    if header is None:
+        raise BadInput(Reason.INVALID_IMAGE, f"{path} is listed as SPARSE but has no KDMV header")
+    _check_grain_directory(path, header)
+
+
+def _check_grain_directory(path: Path, header: vd.SparseHeader) -> None:
+    if header.grain_directory_at_end:
+        return  # streamOptimized: qemu-img check validates what the footer points to
+    size = path.stat().st_size
+    with path.open("rb") as stream:
+        stream.seek(header.gd_offset_sectors * vd.SECTOR)
+        directory = stream.read(header.grain_directory_entries * 4)
+    problem = vd.grain_directory_problem(header, directory, size)
+    if problem:
+        raise BadInput(Reason.INVALID_IMAGE, f"{path} is damaged: {problem}")

@@ -1,0 +1,80 @@
+"""A local HTTP server with Range support (nbdkit's curl plugin needs it), optionally slow."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+_RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
+
+
+@contextmanager
+def serve(directory: Path, bytes_per_second: int | None = None) -> Iterator[str]:
+    """Serve `directory` on 127.0.0.1 at a free port; yields the base URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _target(self) -> Path | None:
+            path = (directory / self.path.lstrip("/").split("?", 1)[0]).resolve()
+            return path if path.is_file() and path.is_relative_to(directory.resolve()) else None
+
+        def do_HEAD(self) -> None:
+            target = self._target()
+            if target is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(target.stat().st_size))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            target = self._target()
+            if target is None:
+                self.send_error(404)
+                return
+            size = target.stat().st_size
+            match = _RANGE.match(self.headers.get("Range", ""))
+            start, end = 0, size - 1
+            if match:
+                start = int(match[1])
+                end = min(int(match[2]) if match[2] else size - 1, size - 1)
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            else:
+                self.send_response(200)
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            with target.open("rb") as stream:
+                stream.seek(start)
+                remaining = end - start + 1
+                while remaining > 0:
+                    chunk = stream.read(min(remaining, 256 * 1024))
+                    if not chunk:
+                        break
+                    try:
+                        self.wfile.write(chunk)
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    remaining -= len(chunk)
+                    if bytes_per_second:
+                        time.sleep(len(chunk) / bytes_per_second)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
