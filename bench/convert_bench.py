@@ -44,10 +44,20 @@ def make_source(directory: Path) -> Path:
                 stream.write(os.urandom(MiB))
     partial = directory / "bench.vmdk.tmp"
     subprocess.run(
-        ["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse",
-         str(raw), str(partial)],
+        [
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=monolithicSparse",
+            str(raw),
+            str(partial),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     raw.unlink()
     partial.rename(vmdk)
     return vmdk
@@ -85,12 +95,12 @@ def main() -> int:
             "qcow2",
             str(source),
             str(target),
-        ],  # fmt: skip
+        ],
         "qemu-img+sync": lambda: [
             "sh",
             "-c",
             f'qemu-img convert -f vmdk -O qcow2 "{source}" "{target}" && sync -d "{target}"',
-        ],  # fmt: skip
+        ],
         "worker --no-verify": lambda: [
             WORKER,
             "convert",
@@ -98,14 +108,14 @@ def main() -> int:
             "--overwrite",
             str(source),
             str(target),
-        ],  # fmt: skip
+        ],
         "worker (verified)": lambda: [
             WORKER,
             "convert",
             "--overwrite",
             str(source),
             str(target),
-        ],  # fmt: skip
+        ],
     }
     times: dict[str, list[float]] = {name: [] for name in contenders}
     subprocess.run(["cat", str(source)], check=True, stdout=subprocess.DEVNULL)  # warm the cache

@@ -53,8 +53,9 @@ def run_worker() -> RunWorker:
 @pytest.fixture
 def small_raw(tmp_path: Path) -> Path:
     """64 MiB virtual, 6 MiB of data in three places, the first sector included."""
-    return make_raw(tmp_path / "small.raw", 64 * MiB, [(0, 2 * MiB), (20 * MiB, 3 * MiB),
-                                                        (63 * MiB, MiB)])  # fmt: skip
+    return make_raw(
+        tmp_path / "small.raw", 64 * MiB, [(0, 2 * MiB), (20 * MiB, 3 * MiB), (63 * MiB, MiB)]
+    )
 
 
 def assert_one_line_error(outcome: Outcome, code: int, reason: str) -> None:

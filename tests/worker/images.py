@@ -86,6 +86,12 @@ def raw_digest(raw: Path) -> str:
 
 
 def same_content(a: Path, b: Path, fmt_a: str | None = None, fmt_b: str | None = None) -> bool:
-    argv = ["qemu-img", "compare", *(["-f", fmt_a] if fmt_a else []),
-            *(["-F", fmt_b] if fmt_b else []), str(a), str(b)]  # fmt: skip
+    argv = [
+        "qemu-img",
+        "compare",
+        *(["-f", fmt_a] if fmt_a else []),
+        *(["-F", fmt_b] if fmt_b else []),
+        str(a),
+        str(b),
+    ]
     return subprocess.run(argv, capture_output=True, check=False).returncode == 0

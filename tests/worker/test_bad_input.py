@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.worker.conftest import RunWorker, assert_one_line_error, leftovers
-from tests.worker.images import MiB, make_raw, run, to_vmdk
+from tests.worker.images import run, to_vmdk
 
 PERMANENT = 3
 
@@ -151,8 +151,9 @@ def test_output_directory_missing(small_raw: Path, tmp_path: Path, run_worker: R
 
 def test_incompatible_options(small_raw: Path, tmp_path: Path, run_worker: RunWorker) -> None:
     vmdk = to_vmdk(small_raw, tmp_path / "disk.vmdk", "monolithicSparse")
-    outcome = run_worker("convert", vmdk, tmp_path / "x.raw", "--format", "raw",
-                         "--compression", "zstd")  # fmt: skip
+    outcome = run_worker(
+        "convert", vmdk, tmp_path / "x.raw", "--format", "raw", "--compression", "zstd"
+    )
     assert_one_line_error(outcome, PERMANENT, "InvalidJob")
     assert "compression needs format qcow2" in outcome.stderr
 
@@ -160,8 +161,11 @@ def test_incompatible_options(small_raw: Path, tmp_path: Path, run_worker: RunWo
 @contextlib.contextmanager
 def tmpfs(path: Path, options: str) -> Iterator[Path]:
     path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                             capture_output=True, check=False)  # fmt: skip
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,10 +39,12 @@ def big_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_raw(directory / "disk.raw", 2 * GiB + 64 * MiB, chunks)
 
 
-def convert_ok(run_worker: RunWorker, source: Path | str, output: Path, *extra: str) -> dict:
+def convert_ok(
+    run_worker: RunWorker, source: Path | str, output: Path, *extra: str
+) -> dict[str, Any]:
     outcome = run_worker("convert", source, output, "--json", *extra)
     assert outcome.returncode == 0, outcome.stderr
-    result = outcome.result()
+    result: dict[str, Any] = outcome.result()
     assert result["state"] == "succeeded"
     return result
 
@@ -52,8 +55,14 @@ def test_every_subformat_converts_to_identical_qcow2(
 ) -> None:
     vmdk = to_vmdk(big_raw, tmp_path / "disk.vmdk", subformat)
     if subformat.startswith("twoGb"):
-        assert len(json.loads(run("qemu-img", "info", "--output=json", vmdk))[
-            "format-specific"]["data"]["extents"]) == 2  # fmt: skip
+        assert (
+            len(
+                json.loads(run("qemu-img", "info", "--output=json", vmdk))["format-specific"][
+                    "data"
+                ]["extents"]
+            )
+            == 2
+        )
     output = tmp_path / "out" / "disk.qcow2"
     output.parent.mkdir()
 
@@ -163,7 +172,7 @@ def test_output_options(
 def test_snapshot_chain_is_flattened(
     small_raw: Path, tmp_path: Path, run_worker: RunWorker
 ) -> None:
-    base = to_vmdk(small_raw, tmp_path / "base.vmdk", "monolithicSparse")
+    to_vmdk(small_raw, tmp_path / "base.vmdk", "monolithicSparse")
     child = tmp_path / "child.vmdk"
     run("qemu-img", "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", child)
     run("qemu-io", "-c", "write -P 0x5a 1M 1M", child)

@@ -43,9 +43,18 @@ def _qcow2_compressions(runner: ToolRunner) -> list[str]:
         for kind in ("zlib", "zstd"):
             image = Path(scratch) / f"{kind}.qcow2"
             done = runner.run(
-                ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"compression_type={kind}",
-                 str(image), "1M"]
-            )  # fmt: skip
+                [
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-o",
+                    f"compression_type={kind}",
+                    str(image),
+                    "1M",
+                ]
+            )
             if done.returncode == 0:
                 supported.append(kind)
     return supported

@@ -132,9 +132,12 @@ class Converter:
                 # The source is hashed while qemu-img converts: the two use different cores.
                 source_digester = Digester(ToolRunner(abort_source_digest))
                 source_digest = pool.submit(
-                    source_digester.digest, opened.image, opened.format, data_file_of(opened),
+                    source_digester.digest,
+                    opened.image,
+                    opened.format,
+                    data_file_of(opened),
                     lambda _done: None,
-                )  # fmt: skip
+                )
             observer.on_phase("converting")
             try:
                 self._qemu_img.convert(

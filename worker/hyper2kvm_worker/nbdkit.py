@@ -45,11 +45,16 @@ class NbdkitServer:
     def __enter__(self) -> NbdkitServer:
         require("nbdkit", NBDKIT_PACKAGE)
         argv = [
-            "nbdkit", "--foreground", "--readonly", "--exit-with-parent",
-            "--unix", str(self.socket),
+            "nbdkit",
+            "--foreground",
+            "--readonly",
+            "--exit-with-parent",
+            "--unix",
+            str(self.socket),
             *(f"--filter={name}" for name in self._spec.filters),
-            self._spec.plugin, *self._spec.params,
-        ]  # fmt: skip
+            self._spec.plugin,
+            *self._spec.params,
+        ]
         self._process = self._runner.spawn(argv, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
         while not self.socket.exists():

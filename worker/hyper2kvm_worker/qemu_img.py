@@ -126,18 +126,27 @@ class QemuImg:
         """`length` bytes of the virtual disk from byte `skip` (both multiples of 512)."""
         with tempfile.TemporaryDirectory(prefix="hyper2kvm-dd-") as scratch:
             out = Path(scratch) / "head.raw"
+            # qemu-img dd counts the skipped blocks in `count` (qemu 7.2), so ask for both;
+            # the slice below keeps the result right where a later qemu counts differently.
             done = self._run(
                 [
-                    "dd", "-f", fmt, "-O", "raw", "bs=512",
-                    f"count={length // 512}", f"skip={skip // 512}",
-                    f"if={image}", f"of={out}",
+                    "dd",
+                    "-f",
+                    fmt,
+                    "-O",
+                    "raw",
+                    "bs=512",
+                    f"count={(skip + length) // 512}",
+                    f"skip={skip // 512}",
+                    f"if={image}",
+                    f"of={out}",
                 ]
-            )  # fmt: skip
+            )
             if done.returncode != 0:
                 raise BadInput(
                     Reason.INVALID_IMAGE, f"cannot read {image}: {done.last_error_line()}"
                 )
-            return out.read_bytes()
+            return out.read_bytes()[:length]
 
     def version(self) -> str:
         done = self._run(["--version"])

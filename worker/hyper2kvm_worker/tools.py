@@ -45,11 +45,6 @@ class CancelToken:
         if self.cancelled:
             raise Cancelled()
 
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to `seconds`; a parent's cancel is seen at the end of the wait."""
-        self._event.wait(seconds)
-        return self.cancelled
-
 
 @dataclass(frozen=True)
 class Completed:
