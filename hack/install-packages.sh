@@ -5,11 +5,13 @@ set -euo pipefail
 
 packages=(
     qemu-utils          # qemu-img, qemu-nbd: conversion, compare, map
-    nbdkit              # sources: file + tar filter (OVA), cache filter
-    nbdkit-plugin-curl  # sources: http(s)
+    nbdkit              # sources: file and curl plugins, tar filter (OVA)
     libnbd-bin          # nbdcopy, nbdinfo: streaming virtual content for digests
     libguestfs-tools    # offline_fix and guest inspection
-    util-linux          # blkid: filesystem detection
+    util-linux          # blkid: filesystem detection; sfdisk for test disks
+    fdisk               # sfdisk (Debian 12 ships it apart from util-linux)
+    e2fsprogs           # mkfs.ext4 for test and demo disks
+    tar                 # the nbdkit tar filter runs it
 )
 
 missing=()

@@ -30,9 +30,9 @@ class Inspector:
 
     def inspect(self, source: Source) -> dict[str, Any]:
         with open_source(source, self._runner) as opened:
-            return self.inspect_opened(opened)
+            return self._report(opened)
 
-    def inspect_opened(self, opened: OpenedSource) -> dict[str, Any]:
+    def _report(self, opened: OpenedSource) -> dict[str, Any]:
         info = self._qemu_img.info(opened.image, opened.format)
         descriptor = opened.layout.descriptor
         header = opened.layout.header
@@ -41,7 +41,7 @@ class Inspector:
             "format": opened.format,
             "subformat": descriptor.create_type,
             "virtual_size": int(info["virtual-size"]),
-            "allocated_bytes": _allocated(opened, info),
+            "allocated_bytes": opened.stored_bytes,
             "extents": [
                 {
                     "file": extent.file,
@@ -111,13 +111,6 @@ def _partition_dict(partition: Partition) -> dict[str, Any]:
         "name": partition.name or None,
         "bootable": partition.bootable,
     }
-
-
-def _allocated(opened: OpenedSource, info: dict[str, Any]) -> int | None:
-    if opened.local and opened.layout.files:
-        return sum(path.stat().st_blocks * 512 for path in opened.layout.files)
-    actual = info.get("actual-size")
-    return int(actual) if actual is not None else None
 
 
 def summary(report: dict[str, Any]) -> dict[str, object]:

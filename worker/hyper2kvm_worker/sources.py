@@ -28,6 +28,7 @@ class OpenedSource:
     layout: VmdkLayout
     label: str  # for messages and reports
     local: bool  # True when `image` is a plain file on this node
+    stored_bytes: int | None = None  # what the source occupies where it is kept
 
 
 @contextlib.contextmanager
@@ -35,20 +36,22 @@ def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
     """Yield the source ready for qemu-img; any helper process stops when the block ends."""
     if isinstance(source, FileSource):
         path = confine(Path(source.root), source.path, "source")
-        yield OpenedSource(str(path), "vmdk", load_local(path), str(path), local=True)
+        layout = load_local(path)
+        stored = sum(file.stat().st_blocks * 512 for file in layout.files)
+        yield OpenedSource(str(path), "vmdk", layout, str(path), local=True, stored_bytes=stored)
     elif isinstance(source, OvaSource):
         archive = confine(Path(source.root), source.path, "OVA")
         member = _ova_disk(archive, source.disk)
         layout = _ova_layout(archive, member)
         label = f"{archive}:{member.name}"
         with nbdkit.NbdkitServer(runner, nbdkit.tar_member_spec(str(archive), member.name)) as nbd:
-            yield OpenedSource(nbd.uri, "vmdk", layout, label, local=False)
+            yield OpenedSource(nbd.uri, "vmdk", layout, label, False, stored_bytes=member.size)
     elif isinstance(source, HttpSource):
-        http_probe.probe(source)
+        size = http_probe.probe(source)
         spec = nbdkit.curl_spec(source.url, source.user, source.password_file, source.ca_file)
         with nbdkit.NbdkitServer(runner, spec) as nbd:
             layout = _remote_layout(QemuImg(runner), nbd.uri, source.url)
-            yield OpenedSource(nbd.uri, "vmdk", layout, source.url, local=False)
+            yield OpenedSource(nbd.uri, "vmdk", layout, source.url, False, stored_bytes=size)
     else:  # pragma: no cover - the protocol's union is closed
         raise BadInput(Reason.INVALID_JOB, f"unknown source kind {source!r}")
 
