@@ -176,3 +176,41 @@ def test_sigterm_cancels_cleanly(slow_url: tuple[str, Path], tmp_path: Path) -> 
     assert leftovers(out) == []
     _, alive = psutil.wait_procs(children, timeout=10)
     assert alive == []
+
+
+def test_a_failed_disk_leaves_no_output_of_any_disk(small_raw: Path, tmp_path: Path) -> None:
+    good = to_vmdk(small_raw, tmp_path / "good.vmdk", "monolithicSparse")
+    bad = to_vmdk(small_raw, tmp_path / "bad.vmdk", "streamOptimized")
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # damaged, found mid-job
+    out = tmp_path / "out"
+    out.mkdir()
+    disks = [
+        {"name": name, "source": {"kind": "file", "root": str(tmp_path), "path": vmdk.name},
+         "output": {"root": str(out), "path": f"{name}.qcow2"}}
+        for name, vmdk in (("good", good), ("bad", bad))
+    ]  # fmt: skip
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"name": "two", "operation": "convert", "disks": disks}))
+    result_file = tmp_path / "result.json"
+
+    done = subprocess.run(
+        [str(WORKER), "run", "--job", str(job), "--result", str(result_file), "--no-listen"],
+        capture_output=True, text=True, timeout=DEADLINE_SECONDS, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 3, done.stderr
+    result = json.loads(result_file.read_text())
+    assert (result["state"], result["error"]["reason"]) == ("failed", "InvalidImage")
+    assert leftovers(out) == []
+
+
+def test_an_output_may_not_replace_a_source(small_raw: Path, tmp_path: Path) -> None:
+    vmdk = to_vmdk(small_raw, tmp_path / "disk.vmdk", "monolithicSparse")
+    before = vmdk.read_bytes()
+    done = subprocess.run(
+        [str(WORKER), "convert", "--overwrite", str(vmdk), str(vmdk)],
+        capture_output=True, text=True, timeout=DEADLINE_SECONDS, check=False,
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert "[InvalidJob]" in done.stderr and "never overwritten" in done.stderr
+    assert vmdk.read_bytes() == before

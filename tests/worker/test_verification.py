@@ -101,13 +101,14 @@ def test_without_verification_the_damage_goes_unnoticed(small_raw: Path, tmp_pat
     out.mkdir()
     converter = Converter(CorruptingRunner(flip_data_byte))
 
-    result = converter.convert(
+    result, staged = converter.convert(
         "d",
         FileSource(root=str(tmp_path), path="disk.vmdk"),
         Output(root=str(out), path="x.raw", format=OutputFormat.RAW),
         False,
         QUIET,
     )
+    staged.commit()
 
     assert result.verified is False
     assert raw_digest(out / "x.raw") != raw_digest(small_raw)
@@ -121,13 +122,15 @@ def test_leftover_partial_from_a_killed_attempt_is_replaced(
     out.mkdir()
     (out / ".x.qcow2.hyper2kvm-partial").write_bytes(b"half of an earlier attempt")
 
-    result = Converter(ToolRunner()).convert(
+    result, staged = Converter(ToolRunner()).convert(
         "d",
         FileSource(root=str(tmp_path), path="disk.vmdk"),
         Output(root=str(out), path="x.qcow2"),
         True,
         QUIET,
     )
+    assert leftovers(out) == [".x.qcow2.hyper2kvm-partial"]
+    staged.commit()
 
     assert result.digest == raw_digest(small_raw)
     assert leftovers(out) == ["x.qcow2"]

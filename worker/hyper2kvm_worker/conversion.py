@@ -70,6 +70,31 @@ def data_file_of(source: OpenedSource) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class StagedOutput:
+    """A complete, flushed, verified output still under its hidden name."""
+
+    partial: Path
+    final: Path
+
+    def commit(self) -> None:
+        self.partial.replace(self.final)
+        _fsync_directory(self.final.parent)
+
+    def discard(self) -> None:
+        self.partial.unlink(missing_ok=True)
+
+
+def check_not_a_source(final: Path, source_files: tuple[Path, ...]) -> None:
+    """Refuse an output path that would replace a file some source reads: sources stay intact."""
+    if final.resolve() in {path.resolve() for path in source_files}:
+        raise BadInput(
+            Reason.INVALID_JOB,
+            f"output {final} is a file of a source disk; a source is never overwritten, "
+            "choose another output path",
+        )
+
+
 class Converter:
     def __init__(self, runner: ToolRunner) -> None:
         self._runner = runner
@@ -78,9 +103,11 @@ class Converter:
 
     def convert(
         self, name: str, source: Source, output: Output, verify: bool, observer: Observer
-    ) -> DiskResult:
+    ) -> tuple[DiskResult, StagedOutput]:
+        """Convert and verify into a hidden partial file; the caller commits or discards it."""
         final = check_output(output)
         with open_source(source, self._runner) as opened:
+            check_not_a_source(final, opened.files)
             info = self._qemu_img.info(opened.image, opened.format)
             size = int(info["virtual-size"])
             observer.on_size(size)
@@ -97,23 +124,23 @@ class Converter:
                 opened.image, opened.format, options.output_format, options.create_options
             )
             _check_space(final.parent, required)
-            partial = partial_path(final)
-            partial.unlink(missing_ok=True)
+            staged = StagedOutput(partial=partial_path(final), final=final)
+            staged.discard()  # what a killed earlier attempt may have left
             try:
-                digest = self._write(opened, partial, options, size, verify, observer)
-                partial.replace(final)
-                _fsync_directory(final.parent)
-            finally:
-                partial.unlink(missing_ok=True)
-        return DiskResult(
+                digest = self._write(opened, staged.partial, options, size, verify, observer)
+            except BaseException:
+                staged.discard()
+                raise
+        result = DiskResult(
             name=name,
             output=str(final),
             format=output.format.value,
             virtual_size=size,
-            file_size=final.stat().st_size,
+            file_size=staged.partial.stat().st_size,
             digest=digest,
             verified=verify,
         )
+        return result, staged
 
     def _write(
         self,

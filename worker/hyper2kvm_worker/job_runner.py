@@ -5,9 +5,16 @@ from __future__ import annotations
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from hyper2kvm_worker.conversion import Converter, Observer, check_output
+from hyper2kvm_worker.conversion import (
+    Converter,
+    Observer,
+    StagedOutput,
+    check_not_a_source,
+    check_output,
+)
 from hyper2kvm_worker.errors import Cancelled, ExitCode, Reason, WorkerError
 from hyper2kvm_worker.events import EventSink
 from hyper2kvm_worker.inspection import Inspector, summary
@@ -44,6 +51,7 @@ class JobRunner:
     def run(self) -> Result:
         """Never raises for job failures: they end in the Result (and the exit code)."""
         results: list[DiskResult] = []
+        staged: list[StagedOutput] = []
         error: ErrorInfo | None = None
         ticker = threading.Thread(target=self._tick, name="progress-events", daemon=True)
         ticker.start()
@@ -52,7 +60,13 @@ class JobRunner:
             self._validate()
             self._move(JobState.RUNNING)
             for disk in self.job.disks:
-                results.append(self._run_disk(disk))
+                results.append(self._run_disk(disk, staged))
+            # Outputs appear together, only once every disk is converted and verified: a
+            # retried job never finds half of its outputs already there.
+            self._runner.cancel.raise_if_cancelled()
+            while staged:
+                staged[0].commit()
+                staged.pop(0)
             self._move(JobState.SUCCEEDED)
         except WorkerError as failure:
             error = ErrorInfo(
@@ -71,6 +85,8 @@ class JobRunner:
             )
             self._move(JobState.FAILED, Reason.INTERNAL.value, error.message)
         finally:
+            for output in staged:
+                output.discard()
             self._ticker_stop.set()
             ticker.join()
         self._sink.emit("progress", **self.board.snapshot().model_dump())
@@ -108,14 +124,18 @@ class JobRunner:
 
     def _validate(self) -> None:
         """Check every disk before writing anything, so disk 3's typo fails before disk 1."""
+        source_files: list[Path] = []
+        finals: list[Path] = []
         for disk in self.job.disks:
             self._runner.cancel.raise_if_cancelled()
             if self.job.operation is Operation.CONVERT and disk.output is not None:
-                check_output(disk.output)
-            with open_source(disk.source, self._runner):
-                pass
+                finals.append(check_output(disk.output))
+            with open_source(disk.source, self._runner) as opened:
+                source_files.extend(opened.files)
+        for final in finals:
+            check_not_a_source(final, tuple(source_files))
 
-    def _run_disk(self, disk: Disk) -> DiskResult:
+    def _run_disk(self, disk: Disk, staged: list[StagedOutput]) -> DiskResult:
         if self.job.operation is Operation.INSPECT:
             self.board.start_phase(disk.name, "inspecting")
             report = Inspector(self._runner).inspect(disk.source)
@@ -137,9 +157,10 @@ class JobRunner:
             on_phase=on_phase,
             on_bytes=lambda done: self.board.advance(disk.name, done),
         )
-        result = Converter(self._runner).convert(
+        result, output = Converter(self._runner).convert(
             disk.name, disk.source, disk.output, self.job.verify, observer
         )
+        staged.append(output)
         self.board.finish_disk(disk.name)
         self._sink.emit("disk", **result.model_dump(exclude_none=True))
         return result

@@ -29,6 +29,7 @@ class OpenedSource:
     label: str  # for messages and reports
     local: bool  # True when `image` is a plain file on this node
     stored_bytes: int | None = None  # what the source occupies where it is kept
+    files: tuple[Path, ...] = ()  # local files read, so that no output may replace one
 
 
 @contextlib.contextmanager
@@ -38,14 +39,18 @@ def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
         path = confine(Path(source.root), source.path, "source")
         layout = load_local(path)
         stored = sum(file.stat().st_blocks * 512 for file in layout.files)
-        yield OpenedSource(str(path), "vmdk", layout, str(path), local=True, stored_bytes=stored)
+        yield OpenedSource(
+            str(path), "vmdk", layout, str(path), True, stored_bytes=stored, files=layout.files
+        )
     elif isinstance(source, OvaSource):
         archive = confine(Path(source.root), source.path, "OVA")
         member = _ova_disk(archive, source.disk)
         layout = _ova_layout(archive, member)
         label = f"{archive}:{member.name}"
         with nbdkit.NbdkitServer(runner, nbdkit.tar_member_spec(str(archive), member.name)) as nbd:
-            yield OpenedSource(nbd.uri, "vmdk", layout, label, False, stored_bytes=member.size)
+            yield OpenedSource(
+                nbd.uri, "vmdk", layout, label, False, stored_bytes=member.size, files=(archive,)
+            )
     elif isinstance(source, HttpSource):
         size = http_probe.probe(source)
         spec = nbdkit.curl_spec(source.url, source.user, source.password_file, source.ca_file)
