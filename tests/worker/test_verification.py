@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hyper2kvm_worker.conversion import Converter, Observer
+from hyper2kvm_worker.conversion import Converter, Observer, StagedOutput
 from hyper2kvm_worker.errors import Reason, TransientFailure
-from hyper2kvm_worker.protocol import FileSource, Output, OutputFormat
+from hyper2kvm_worker.protocol import DiskResult, FileSource, Output, OutputFormat
 from hyper2kvm_worker.tools import Completed, ToolRunner
 from tests.worker.conftest import leftovers
 from tests.worker.images import MiB, raw_digest, to_vmdk
@@ -53,84 +53,66 @@ def grow_zero_region(image: Path) -> None:
         stream.write(b"\x01" * 512)
 
 
-@pytest.mark.parametrize("fmt", [OutputFormat.QCOW2, OutputFormat.RAW])
-def test_flipped_byte_in_output_is_caught(
-    fmt: OutputFormat, small_raw: Path, tmp_path: Path
-) -> None:
+def convert(
+    runner: ToolRunner,
+    small_raw: Path,
+    tmp_path: Path,
+    name: str,
+    verify: bool,
+    fmt: OutputFormat = OutputFormat.RAW,
+) -> tuple[DiskResult, StagedOutput]:
+    """Convert a monolithicSparse copy of `small_raw` into `tmp_path/out/name`, uncommitted."""
     to_vmdk(small_raw, tmp_path / "disk.vmdk", "monolithicSparse")
-    out = tmp_path / "out"
-    out.mkdir()
-    converter = Converter(CorruptingRunner(flip_data_byte))
-
-    with pytest.raises(TransientFailure) as failure:
-        converter.convert(
-            "d",
-            FileSource(root=str(tmp_path), path="disk.vmdk"),
-            Output(root=str(out), path="x.img", format=fmt),
-            True,
-            QUIET,
-        )
-
-    assert failure.value.reason is Reason.VERIFICATION_FAILED
-    assert leftovers(out) == []
-
-
-def test_write_into_a_hole_is_caught(small_raw: Path, tmp_path: Path) -> None:
-    to_vmdk(small_raw, tmp_path / "disk.vmdk", "monolithicSparse")
-    out = tmp_path / "out"
-    out.mkdir()
-    converter = Converter(CorruptingRunner(grow_zero_region))
-
-    with pytest.raises(TransientFailure) as failure:
-        converter.convert(
-            "d",
-            FileSource(root=str(tmp_path), path="disk.vmdk"),
-            Output(root=str(out), path="x.raw", format=OutputFormat.RAW),
-            True,
-            QUIET,
-        )
-
-    assert failure.value.reason is Reason.VERIFICATION_FAILED
-    assert leftovers(out) == []
-
-
-def test_without_verification_the_damage_goes_unnoticed(small_raw: Path, tmp_path: Path) -> None:
-    """The control for the tests above: the damage is real, only verification sees it."""
-    to_vmdk(small_raw, tmp_path / "disk.vmdk", "monolithicSparse")
-    out = tmp_path / "out"
-    out.mkdir()
-    converter = Converter(CorruptingRunner(flip_data_byte))
-
-    result, staged = converter.convert(
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return Converter(runner).convert(
         "d",
         FileSource(root=str(tmp_path), path="disk.vmdk"),
-        Output(root=str(out), path="x.raw", format=OutputFormat.RAW),
-        False,
+        Output(root=str(tmp_path / "out"), path=name, format=fmt),
+        verify,
         QUIET,
     )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "damage"),
+    [
+        (OutputFormat.QCOW2, flip_data_byte),
+        (OutputFormat.RAW, flip_data_byte),
+        # In a raw file, offset 40 MiB is a hole of the guest's disk (in qcow2 it is not).
+        (OutputFormat.RAW, grow_zero_region),
+    ],
+)
+def test_damaged_output_is_caught(
+    fmt: OutputFormat, damage: Callable[[Path], None], small_raw: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(TransientFailure) as failure:
+        convert(CorruptingRunner(damage), small_raw, tmp_path, "x.img", True, fmt)
+
+    assert failure.value.reason is Reason.VERIFICATION_FAILED
+    assert leftovers(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("damage", [flip_data_byte, grow_zero_region])
+def test_without_verification_the_damage_goes_unnoticed(
+    damage: Callable[[Path], None], small_raw: Path, tmp_path: Path
+) -> None:
+    """The control for the test above: the damage is real, only verification sees it."""
+    result, staged = convert(CorruptingRunner(damage), small_raw, tmp_path, "x.raw", False)
     staged.commit()
 
     assert result.verified is False
-    assert raw_digest(out / "x.raw") != raw_digest(small_raw)
+    assert raw_digest(tmp_path / "out" / "x.raw") != raw_digest(small_raw)
 
 
 def test_leftover_partial_from_a_killed_attempt_is_replaced(
     small_raw: Path, tmp_path: Path
 ) -> None:
-    to_vmdk(small_raw, tmp_path / "disk.vmdk", "monolithicSparse")
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / ".x.qcow2.hyper2kvm-partial").write_bytes(b"half of an earlier attempt")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".x.qcow2.hyper2kvm-partial").write_bytes(b"half of an earlier attempt")
 
-    result, staged = Converter(ToolRunner()).convert(
-        "d",
-        FileSource(root=str(tmp_path), path="disk.vmdk"),
-        Output(root=str(out), path="x.qcow2"),
-        True,
-        QUIET,
-    )
-    assert leftovers(out) == [".x.qcow2.hyper2kvm-partial"]
+    result, staged = convert(ToolRunner(), small_raw, tmp_path, "x.qcow2", True)
+    assert leftovers(tmp_path / "out") == [".x.qcow2.hyper2kvm-partial"]
     staged.commit()
 
     assert result.digest == raw_digest(small_raw)
-    assert leftovers(out) == ["x.qcow2"]
+    assert leftovers(tmp_path / "out") == ["x.qcow2"]
