@@ -8,7 +8,7 @@ export HYPER2KVM_CACHE ?= $(HOME)/.cache/hyper2kvm
 # Two cores on the reference machine: keep test parallelism modest.
 PYTEST_ARGS ?=
 
-.PHONY: help setup packages venv test test-unit test-worker lint bench demo clean
+.PHONY: help setup packages venv test test-unit test-worker lint bench demo crds clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -38,8 +38,11 @@ test-worker: setup ## the worker against real qemu-img and nbdkit
 lint: venv ## ruff, mypy (strict) and the import-layer contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy worker/hyper2kvm_worker tests bench
+	$(VENV)/bin/mypy worker/hyper2kvm_worker operator/hyper2kvm_operator tests bench
 	$(VENV)/bin/lint-imports
+
+crds: venv ## regenerate crds/ from the API models (a test fails when they are stale)
+	$(PYTHON) -m hyper2kvm_operator.crd > crds/migrationjobs.hyper2kvm.io.yaml
 
 bench: setup ## benchmarks: conversion ratios against plain qemu-img and cp
 	$(PYTHON) bench/convert_bench.py

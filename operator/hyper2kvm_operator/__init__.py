@@ -1,0 +1,1 @@
+"""hyper2kvm operator: the control plane that runs MigrationJobs as worker Pods."""

@@ -1,0 +1,300 @@
+"""The MigrationJob API (hyper2kvm.io/v1alpha1): the one source of truth for the CRD.
+
+`crd.py` turns these models into the CRD's OpenAPI schema; the rules the API server
+enforces (CEL `x-kubernetes-validations`) are declared here beside the fields they guard,
+with messages written for the person who runs `kubectl apply`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "hyper2kvm.io"
+VERSION = "v1alpha1"
+KIND = "MigrationJob"
+PLURAL = "migrationjobs"
+
+RELATIVE_PATH_RULES = [
+    {"rule": "!self.startsWith('/')", "message": "path must be relative to its volume"},
+    {"rule": "!self.matches('(^|/)[.][.](/|$)')", "message": "path must not contain '..'"},
+]
+ABSOLUTE_PATH_RULES = [
+    {"rule": "self.startsWith('/')", "message": "hostPath path must be absolute"},
+    {"rule": "!self.matches('(^|/)[.][.](/|$)')", "message": "path must not contain '..'"},
+]
+
+
+def _rules(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+def _exactly_one(fields: list[str], what: str) -> dict[str, str]:
+    present = ", ".join(f"has(self.{name})" for name in fields)
+    return {
+        "rule": f"[{present}].filter(x, x).size() == 1",
+        "message": f"{what} needs exactly one of {', '.join(fields)}",
+    }
+
+
+class _Api(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Operation(enum.StrEnum):
+    INSPECT = "inspect"
+    CONVERT = "convert"
+    OFFLINE_FIX = "offline_fix"
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    VERIFYING = "Verifying"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+
+class SecretRef(_Api):
+    name: str = Field(min_length=1, max_length=253, description="a Secret in the job's namespace")
+
+
+class PvcFile(_Api):
+    claimName: str = Field(min_length=1, max_length=253, description="the PersistentVolumeClaim")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="file inside the volume",
+        json_schema_extra=_rules(*RELATIVE_PATH_RULES),
+    )
+
+
+class HostPathFile(_Api):
+    path: str = Field(
+        min_length=2,
+        max_length=4096,
+        description="absolute path of the file on the worker node",
+        json_schema_extra=_rules(*ABSOLUTE_PATH_RULES),
+    )
+
+
+class HttpSource(_Api):
+    url: str = Field(pattern=r"^https?://\S+$", max_length=8192, description="http(s) URL")
+    secretRef: SecretRef | None = Field(
+        default=None, description="Secret with keys username and password (basic auth)"
+    )
+
+
+class OvaSource(_Api):
+    pvc: PvcFile | None = None
+    hostPath: HostPathFile | None = None
+    disk: str | None = Field(
+        default=None, max_length=1024, description="disk inside the OVA; default: the only one"
+    )
+
+    model_config = ConfigDict(json_schema_extra=_rules(_exactly_one(["pvc", "hostPath"], "ova")))
+
+
+class DiskSource(_Api):
+    pvc: PvcFile | None = None
+    hostPath: HostPathFile | None = None
+    http: HttpSource | None = None
+    ova: OvaSource | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(_exactly_one(["pvc", "hostPath", "http", "ova"], "a disk source"))
+    )
+
+
+class OutputFormat(enum.StrEnum):
+    QCOW2 = "qcow2"
+    RAW = "raw"
+
+
+class Compression(enum.StrEnum):
+    NONE = "none"
+    ZLIB = "zlib"
+    ZSTD = "zstd"
+
+
+class Preallocation(enum.StrEnum):
+    OFF = "off"
+    METADATA = "metadata"
+    FALLOC = "falloc"
+
+
+class PvcVolume(_Api):
+    claimName: str = Field(min_length=1, max_length=253)
+
+
+class HostPathDirectory(_Api):
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="absolute directory on the worker node",
+        json_schema_extra=_rules(*ABSOLUTE_PATH_RULES),
+    )
+
+
+class DiskOutput(_Api):
+    pvc: PvcVolume | None = None
+    hostPath: HostPathDirectory | None = None
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="output file inside the volume",
+        json_schema_extra=_rules(*RELATIVE_PATH_RULES),
+    )
+    format: OutputFormat = OutputFormat.QCOW2
+    compression: Compression = Compression.NONE
+    preallocation: Preallocation = Preallocation.OFF
+    overwrite: bool = False
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            _exactly_one(["pvc", "hostPath"], "an output"),
+            {
+                "rule": "self.format == 'qcow2' || self.compression == 'none'",
+                "message": "compression needs format qcow2",
+            },
+            {
+                "rule": "self.format == 'qcow2' || self.preallocation != 'metadata'",
+                "message": "preallocation metadata needs format qcow2",
+            },
+        )
+    )
+
+
+class Disk(_Api):
+    name: str = Field(
+        max_length=32,
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$",
+        description="short DNS-style name, unique in the job (used in Pod and file names)",
+    )
+    source: DiskSource
+    output: DiskOutput | None = None
+
+
+class Toleration(_Api):
+    key: str | None = None
+    operator: str | None = Field(default=None, pattern="^(Exists|Equal)$")
+    value: str | None = None
+    effect: str | None = Field(default=None, pattern="^(NoSchedule|PreferNoSchedule|NoExecute)$")
+    tolerationSeconds: int | None = None
+
+
+class Placement(_Api):
+    nodeSelector: dict[str, str] | None = Field(
+        default=None, description="narrows the nodes labelled hyper2kvm.io/worker=true"
+    )
+    tolerations: list[Toleration] | None = None
+
+
+class ResourceList(_Api):
+    cpu: str | None = None
+    memory: str | None = None
+
+
+class Resources(_Api):
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
+class MigrationJobSpec(_Api):
+    operation: Operation
+    disks: list[Disk] = Field(
+        min_length=1,
+        max_length=16,
+        # A list keyed by name: the API server itself refuses two disks with one name.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    placement: Placement | None = None
+    priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
+    retries: int = Field(default=3, ge=0, le=10, description="attempts after the first")
+    timeoutSeconds: int = Field(default=86400, ge=30, le=7 * 86400)
+    verify: bool = Field(default=True, description="prove each output equals its source")
+    cancel: bool = Field(default=False, description="set to true to stop the job")
+    resources: Resources | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "self.operation == 'inspect' || self.disks.all(d, has(d.output))",
+                "message": "convert and offline_fix need an output for every disk",
+            },
+        )
+    )
+
+
+# ------------------------------------------------------------------------------ status
+
+
+class Condition(_Api):
+    type: str
+    status: str = Field(pattern="^(True|False|Unknown)$")
+    reason: str
+    message: str = ""
+    lastTransitionTime: str
+    observedGeneration: int | None = None
+
+
+class PhaseTransition(_Api):
+    phase: Phase
+    time: str
+    reason: str | None = None
+
+
+class DiskStatus(_Api):
+    name: str
+    phase: str | None = None
+    bytesDone: int | None = None
+    bytesTotal: int | None = None
+    output: str | None = None
+    format: str | None = None
+    virtualSize: int | None = None
+    fileSize: int | None = None
+    digest: str | None = None
+    verified: bool | None = None
+    inspection: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+
+
+class MigrationJobStatus(_Api):
+    phase: Phase | None = None
+    reason: str | None = None
+    message: str | None = None
+    progress: str | None = Field(default=None, description='e.g. "42%"')
+    bytesDone: int | None = None
+    bytesTotal: int | None = None
+    throughput: str | None = Field(default=None, description='e.g. "512 MiB/s"')
+    eta: str | None = Field(default=None, description='e.g. "3m20s"')
+    node: str | None = None
+    pod: str | None = None
+    attempt: int | None = None
+    queuedTime: str | None = None
+    startTime: str | None = None
+    completionTime: str | None = None
+    retryAfter: str | None = None
+    observedGeneration: int | None = None
+    disks: list[DiskStatus] | None = None
+    conditions: list[Condition] | None = None
+    history: list[PhaseTransition] | None = Field(default=None, max_length=32)
+
+
+IMMUTABLE_AFTER_START = {
+    # Root-level transition rule: it sees both spec and status of the stored object.
+    "rule": (
+        "!has(oldSelf.status) || !has(oldSelf.status.phase) "
+        "|| oldSelf.status.phase in ['Pending', 'Queued'] "
+        "|| (self.spec.operation == oldSelf.spec.operation && self.spec.disks == oldSelf.spec.disks"
+        " && self.spec.verify == oldSelf.spec.verify)"
+    ),
+    "message": "operation, disks and verify cannot change once the job has started; "
+    "delete and re-create the job instead",
+}

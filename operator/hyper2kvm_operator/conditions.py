@@ -1,0 +1,59 @@
+"""Status conditions (Kubernetes conventions) and the reasons they carry, in one place.
+
+`set_condition` is pure: the transition time moves only when the status flips, so a
+condition that stays True keeps the time it became True.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+READY = "Ready"  # True once the job has ended well: `kubectl wait --for=condition=Ready`
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+PROGRESSING = "Progressing"
+
+# Reasons the operator itself gives (the worker's own reasons pass through unchanged).
+QUEUED = "Queued"
+NO_CAPACITY = "NoCapacity"
+SCHEDULED = "Scheduled"
+RUNNING = "Running"
+VERIFYING = "Verifying"
+COMPLETED = "Completed"
+RETRYING = "Retrying"
+RETRIES_EXHAUSTED = "RetriesExhausted"
+TIMED_OUT = "TimedOut"
+CANCELLED = "Cancelled"
+POD_LOST = "PodLost"
+INVALID_SPEC = "InvalidSpec"
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """A new list with condition `kind` set; other conditions are kept as they are."""
+    value = "True" if status else "False"
+    previous = find(conditions, kind)
+    transition = now
+    if previous is not None and previous.get("status") == value:
+        transition = previous.get("lastTransitionTime", now)
+    updated: dict[str, Any] = {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        updated["observedGeneration"] = generation
+    return [c for c in conditions if c.get("type") != kind] + [updated]
+
+
+def find(conditions: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
+    return next((c for c in conditions if c.get("type") == kind), None)

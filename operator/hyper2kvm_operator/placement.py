@@ -1,0 +1,86 @@
+"""Choosing where queued jobs run: highest priority first, then oldest, on the least-loaded node.
+
+Pure: the operator feeds it what its in-memory indices hold (queued jobs, worker nodes,
+active worker Pods per node) and gets back the placements to make now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+WORKER_LABEL = "hyper2kvm.io/worker"
+SLOTS_KEY = "hyper2kvm.io/slots"  # a node label or annotation overriding the default
+
+
+@dataclass(frozen=True)
+class WorkerNode:
+    name: str
+    labels: Mapping[str, str]
+    slots: int
+    ready: bool = True
+    unschedulable: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.ready and not self.unschedulable and self.slots > 0
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    key: str  # namespace/name
+    priority: int
+    queued_at: str  # RFC 3339 time the job entered the queue; string order is time order
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+
+
+def node_slots(labels: Mapping[str, str], annotations: Mapping[str, str], default: int) -> int:
+    """The node's slot count: its label, else its annotation, else the default."""
+    for source in (labels, annotations):
+        value = source.get(SLOTS_KEY, "")
+        if value.isdigit():
+            return int(value)
+    return default
+
+
+def is_worker(labels: Mapping[str, str]) -> bool:
+    return labels.get(WORKER_LABEL) == "true"
+
+
+def queue_order(jobs: list[QueuedJob]) -> list[QueuedJob]:
+    return sorted(jobs, key=lambda job: (-job.priority, job.queued_at, job.key))
+
+
+def eligible(job: QueuedJob, node: WorkerNode) -> bool:
+    return node.usable and all(node.labels.get(k) == v for k, v in job.node_selector.items())
+
+
+def place(
+    queue: list[QueuedJob], nodes: list[WorkerNode], active: Mapping[str, int]
+) -> list[tuple[QueuedJob, WorkerNode]]:
+    """Placements for as many queued jobs as free slots allow, in queue order.
+
+    A job no node can take now is skipped, not waited on: a job with a narrow selector
+    never holds back jobs that could run elsewhere.
+    """
+    load = {node.name: active.get(node.name, 0) for node in nodes}
+    placements = []
+    for job in queue_order(queue):
+        candidates = [n for n in nodes if eligible(job, n) and load[n.name] < n.slots]
+        if not candidates:
+            continue
+        best = min(candidates, key=lambda n: (load[n.name] / n.slots, load[n.name], n.name))
+        load[best.name] += 1
+        placements.append((job, best))
+    return placements
+
+
+def why_waiting(job: QueuedJob, nodes: list[WorkerNode]) -> str:
+    """A person-readable reason a job is still queued."""
+    workers = [node for node in nodes if node.usable]
+    if not workers:
+        return f"no ready node is labelled {WORKER_LABEL}=true"
+    matching = [node for node in workers if eligible(job, node)]
+    if not matching:
+        return f"no ready worker node matches nodeSelector {dict(job.node_selector)}"
+    return f"all {sum(n.slots for n in matching)} slots on {len(matching)} eligible nodes are busy"
