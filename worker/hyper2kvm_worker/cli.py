@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tarfile
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from hyper2kvm_worker import __version__, console
+from hyper2kvm_worker import __version__, console, volume_map
 from hyper2kvm_worker.errors import ExitCode, Reason
 from hyper2kvm_worker.events import EventSink
 from hyper2kvm_worker.job_runner import JobRunner
@@ -215,7 +216,8 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
 
     try:
         job = Job.model_validate_json(args.job.read_bytes())
-    except (OSError, ValidationError) as error:
+        job = volume_map.translate(job, volume_map.parse(os.environ.get(volume_map.ENV)))
+    except (OSError, ValidationError, ValueError) as error:
         message = _job_error(args.job, error)
         _write_result(args.result, _refused(message))
         return _fail(message, Reason.INVALID_JOB, ExitCode.PERMANENT)
@@ -245,9 +247,11 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     return _report_failure(result)
 
 
-def _job_error(path: Path, error: OSError | ValidationError) -> str:
+def _job_error(path: Path, error: OSError | ValidationError | ValueError) -> str:
     if isinstance(error, OSError):
         return f"cannot read job file {path}: {error.strerror}"
+    if not isinstance(error, ValidationError):
+        return str(error)
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "job"
     return f"invalid job {path}: {where}: {first['msg'].removeprefix('Value error, ')}"

@@ -18,13 +18,28 @@ TIMEOUT_SECONDS = 30.0
 _PERMANENT_STATUSES = {401, 403, 404, 410}
 
 
+def _read_secret(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as error:
+        raise BadInput(
+            Reason.INVALID_JOB, f"cannot read credentials {path}: {error.strerror}"
+        ) from None
+
+
+def user_of(source: HttpSource) -> str | None:
+    """The user name: from `user_file` (a mounted Secret) when given, else `user`."""
+    return _read_secret(source.user_file) if source.user_file else source.user
+
+
 def probe(source: HttpSource) -> int:
     """The size of the file at `source.url`; raises with the reason when it cannot be read."""
     handlers: list[urllib.request.BaseHandler] = []
-    if source.user:
-        password = Path(source.password_file).read_text().strip() if source.password_file else ""
+    user = user_of(source)
+    if user:
+        password = _read_secret(source.password_file) if source.password_file else ""
         manager = urllib.request.HTTPPasswordMgrWithDefaultRealm()
-        manager.add_password(None, source.url, source.user, password)
+        manager.add_password(None, source.url, user, password)
         handlers.append(urllib.request.HTTPBasicAuthHandler(manager))
     if source.ca_file:
         context = ssl.create_default_context(cafile=source.ca_file)

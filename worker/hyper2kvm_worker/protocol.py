@@ -40,6 +40,7 @@ RelativePath = Annotated[str, Field(min_length=1, max_length=4096)]
 class Operation(enum.StrEnum):
     INSPECT = "inspect"
     CONVERT = "convert"
+    OFFLINE_FIX = "offline_fix"
 
 
 class OutputFormat(enum.StrEnum):
@@ -88,6 +89,9 @@ class HttpSource(_Model):
     kind: Literal["http"] = "http"
     url: str = Field(pattern=r"^https?://\S+$")
     user: str | None = None
+    user_file: str | None = Field(
+        default=None, description="file holding the user name (a mounted Secret); beats user"
+    )
     password_file: str | None = Field(
         default=None, description="file holding the password (a mounted Secret)"
     )
@@ -124,6 +128,31 @@ class Output(_Model):
         return posixpath.join(self.root, self.path)
 
 
+class CloudInitSeed(_Model):
+    """A NoCloud seed written to /var/lib/cloud/seed/nocloud/ in the guest."""
+
+    user_data: str = Field(max_length=65536)
+    meta_data: str = Field(default="", max_length=65536)
+    network_config: str | None = Field(default=None, max_length=65536)
+
+
+class FixOptions(_Model):
+    """How `offline_fix` repairs a converted Linux guest so that it boots on KVM."""
+
+    dry_run: bool = Field(
+        default=False, description="report what would change; nothing is written anywhere"
+    )
+    remove_vmware_tools: bool = Field(
+        default=False, description="remove open-vm-tools/vmware-tools instead of disabling them"
+    )
+    firstboot_script: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="a script (with its #! line) run once, as root, at the guest's first boot",
+    )
+    cloud_init: CloudInitSeed | None = None
+
+
 class Disk(_Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     source: Source
@@ -136,20 +165,32 @@ class Job(_Model):
     operation: Operation
     disks: list[Disk] = Field(min_length=1, max_length=64)
     verify: bool = True
+    fix: FixOptions = FixOptions()
 
     @model_validator(mode="after")
     def _consistent(self) -> Job:
         names = [disk.name for disk in self.disks]
         if len(set(names)) != len(names):
             raise ValueError("disk names must be unique")
-        if self.operation is Operation.CONVERT:
+        if self.fix != FixOptions() and self.operation is not Operation.OFFLINE_FIX:
+            raise ValueError("fix options apply to operation offline_fix only")
+        if self.writes_outputs:
             missing = [disk.name for disk in self.disks if disk.output is None]
             if missing:
-                raise ValueError(f"convert needs an output for every disk; missing: {missing}")
+                raise ValueError(
+                    f"{self.operation.value} needs an output for every disk; missing: {missing}"
+                )
             outputs = [disk.output.full_path for disk in self.disks if disk.output]
             if len(set(outputs)) != len(outputs):
                 raise ValueError("two disks write the same output path")
         return self
+
+    @property
+    def writes_outputs(self) -> bool:
+        """convert, and offline_fix unless it is a dry run (which writes nothing at all)."""
+        if self.operation is Operation.OFFLINE_FIX:
+            return not self.fix.dry_run
+        return self.operation is Operation.CONVERT
 
 
 # ---------------------------------------------------------------------------- events
@@ -173,7 +214,9 @@ class Transition(_Model):
 
 class DiskProgress(_Model):
     name: str
-    phase: str = Field(description="waiting, converting, verifying, inspecting or done")
+    phase: str = Field(
+        description="waiting, converting, verifying, inspecting, fixing, digesting or done"
+    )
     bytes_done: int = 0
     bytes_total: int = 0
 
@@ -206,6 +249,11 @@ class DiskResult(_Model):
     verified: bool = False
     inspection: dict[str, object] | None = Field(
         default=None, description="a short summary; the full report is in the events"
+    )
+    fixes: dict[str, str] | None = Field(
+        default=None,
+        description="offline_fix: each fix's outcome (applied, not_needed, would_apply, "
+        "failed); the reasons and changes are in the report event",
     )
 
 

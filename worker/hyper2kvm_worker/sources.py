@@ -53,7 +53,8 @@ def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
             )
     elif isinstance(source, HttpSource):
         size = http_probe.probe(source)
-        spec = nbdkit.curl_spec(source.url, source.user, source.password_file, source.ca_file)
+        user = http_probe.user_of(source)
+        spec = nbdkit.curl_spec(source.url, user, source.password_file, source.ca_file)
         with nbdkit.NbdkitServer(runner, spec) as nbd:
             layout = _remote_layout(QemuImg(runner), nbd.uri, source.url)
             yield OpenedSource(nbd.uri, "vmdk", layout, source.url, False, stored_bytes=size)
