@@ -8,10 +8,12 @@ export HYPER2KVM_CACHE ?= $(HOME)/.cache/hyper2kvm
 # Two cores on the reference machine: keep test parallelism modest.
 PYTEST_ARGS ?=
 
-.PHONY: help setup packages venv test test-unit test-worker lint bench demo crds clean
+.PHONY: help setup packages venv test test-unit test-worker test-cluster lint bench demo crds clean
+
+include hack/cluster.mk
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+	@awk -F':.*## ' '/^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: packages venv ## install apt packages and the virtualenv (idempotent)
 
@@ -26,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[operator,dev]'
 	@touch $@
 
-test: setup lint ## run the whole test suite
+test: setup lint cluster-binaries ## run the whole test suite
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup ## only the pure-logic tests (seconds)
@@ -34,6 +36,9 @@ test-unit: setup ## only the pure-logic tests (seconds)
 
 test-worker: setup ## the worker against real qemu-img and nbdkit
 	$(PYTHON) -m pytest tests/worker $(PYTEST_ARGS)
+
+test-cluster: setup cluster-binaries ## against a real control plane, or the cluster of KUBECONFIG
+	$(PYTHON) -m pytest tests/cluster $(PYTEST_ARGS)
 
 lint: venv ## ruff, mypy (strict) and the import-layer contracts
 	$(VENV)/bin/ruff check .

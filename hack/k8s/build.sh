@@ -67,13 +67,13 @@ for b in "${missing[@]}"; do
 done
 if [[ ${#k8s_pkgs[@]} -gt 0 ]]; then
   echo "build.sh: building ${k8s_pkgs[*]} ($k8s_version) into $out" >&2
-  (cd "$here" && CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath \
+  (cd "$here" && CGO_ENABLED=0 go build -mod=readonly -buildvcs=false -p "$jobs" -trimpath \
     -ldflags="$ldflags" -o "$out/" "${k8s_pkgs[@]}")
 fi
 for b in "${missing[@]}"; do
   if [[ "$b" == etcd ]]; then
     echo "build.sh: building etcd ($etcd_version) into $out" >&2
-    (cd "$here/etcd" && CGO_ENABLED=0 go build -mod=readonly -p "$jobs" -trimpath \
+    (cd "$here/etcd" && CGO_ENABLED=0 go build -mod=readonly -buildvcs=false -p "$jobs" -trimpath \
       -ldflags="-s -w" -o "$out/etcd" .)
     echo "$etcd_version" > "$out/.etcd-version"
     break

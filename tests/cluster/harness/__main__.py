@@ -1,10 +1,10 @@
 """Run the harness outside pytest.
 
-  python -m tests.cluster.harness up --state-dir DIR [--nodes N]
-      control plane + node agent in the foreground until SIGTERM or SIGINT; DIR/kubeconfig
-      is written and DIR/ready appears once everything answers.
-  python -m tests.cluster.harness agent --state-dir DIR [--nodes N]
-      only the node agent, against the cluster of $KUBECONFIG.
+python -m tests.cluster.harness up --state-dir DIR [--nodes N]
+    control plane + node agent in the foreground until SIGTERM or SIGINT; DIR/kubeconfig
+    is written and DIR/ready appears once everything answers.
+python -m tests.cluster.harness agent --state-dir DIR [--nodes N]
+    only the node agent, against the cluster of $KUBECONFIG.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from kubernetes import config as k8s_config
-
 from tests.cluster.harness.controlplane import ControlPlane, ensure_binaries
+from tests.cluster.harness.kube import api_client_from_kubeconfig
 from tests.cluster.harness.node_agent import NodeAgent
 
 
@@ -41,7 +40,7 @@ def up(state_dir: Path, nodes: int) -> int:
     ready = state_dir / "ready"
     ready.unlink(missing_ok=True)
     with ControlPlane(state_dir=state_dir, bin_dir=bin_dir) as plane:
-        api = k8s_config.new_client_from_config(config_file=str(plane.kubeconfig))
+        api = api_client_from_kubeconfig(str(plane.kubeconfig))
         with NodeAgent(api, state_dir / "agent", nodes=node_names(nodes)):
             ready.write_text(str(plane.kubeconfig) + "\n")
             took = time.monotonic() - started
@@ -55,7 +54,7 @@ def agent(state_dir: Path, nodes: int) -> int:
     if not os.environ.get("KUBECONFIG"):
         print("agent: set KUBECONFIG to the cluster the nodes should join", file=sys.stderr)
         return 2
-    api = k8s_config.new_client_from_config()
+    api = api_client_from_kubeconfig()
     with NodeAgent(api, state_dir, nodes=node_names(nodes), default_storage_class=False):
         print(f"node agent running for {', '.join(node_names(nodes))}", flush=True)
         _wait_for_signal()

@@ -12,15 +12,16 @@ import json
 import os
 import ssl
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import yaml
-
 from tests.cluster.harness.pki import KeyPair, Pki, make_pki
 from tests.cluster.harness.processes import (
+    WaitAborted,
     free_port,
     log_tail,
     spawn,
@@ -70,6 +71,7 @@ class ControlPlane:
     kubeconfig: Path = field(init=False)
     pki: Pki | None = field(default=None, init=False)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    _controller_manager_port: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.state_dir = self.state_dir.resolve()
@@ -124,7 +126,7 @@ class ControlPlane:
         self._procs[name] = proc
         return proc
 
-    def _wait(self, name: str, probe: Any, timeout: float | None = None) -> None:
+    def _wait(self, name: str, probe: Callable[[], object], timeout: float | None = None) -> None:
         proc = self._procs[name]
 
         def check() -> bool:
@@ -137,7 +139,9 @@ class ControlPlane:
         except _ComponentExited:
             raise
         except Exception as exc:
-            raise RuntimeError(f"{exc}\n--- {name} log ---\n{log_tail(self.log_path(name))}") from exc
+            raise RuntimeError(
+                f"{exc}\n--- {name} log ---\n{log_tail(self.log_path(name))}"
+            ) from exc
 
     def _start_etcd(self) -> str:
         client, peer = free_port(), free_port()
@@ -185,6 +189,9 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--cert-dir={self.state_dir / 'apiserver-certs'}",
+                # The endpoint reconciler refuses loopback addresses; nothing here needs the
+                # endpoints of the "kubernetes" Service (pods get the real address in env).
+                "--endpoint-reconciler-type=none",
             ],
         )
         self._wait("kube-apiserver", lambda: self._api_get("/readyz") == "ok")
@@ -218,7 +225,7 @@ class ControlPlane:
                 "--profiling=false",
             ],
         )
-        self._port_controller_manager = port
+        self._controller_manager_port = port
 
     def _start_scheduler(self) -> None:
         assert self.pki is not None
@@ -241,7 +248,7 @@ class ControlPlane:
         self._wait("kube-scheduler", lambda: _healthz(port))
 
     def _wait_for_controllers(self) -> None:
-        self._wait("kube-controller-manager", lambda: _healthz(self._port_controller_manager))
+        self._wait("kube-controller-manager", lambda: _healthz(self._controller_manager_port))
 
         # The service-account controller creating "default" in the default namespace shows
         # the controllers run and are authorized, which is what the tests rely on.
@@ -304,7 +311,7 @@ class ControlPlane:
         path.chmod(0o600)
 
 
-class _ComponentExited(RuntimeError):
+class _ComponentExited(WaitAborted):
     def __init__(self, name: str, code: int, tail: str) -> None:
         super().__init__(f"{name} exited with status {code} while starting\n--- log ---\n{tail}")
 

@@ -13,11 +13,17 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from kubernetes import client as k8s_client
-from kubernetes.watch.watch import iter_resp_lines
+from kubernetes import config as k8s_config
 
 Obj = dict[str, Any]
 STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
+
+
+def api_client_from_kubeconfig(path: str | None = None) -> k8s_client.ApiClient:
+    """An ApiClient for the current context of ``path`` (default: $KUBECONFIG)."""
+    api = k8s_config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
+    return cast(k8s_client.ApiClient, api)
 
 
 class KubeError(RuntimeError):
@@ -112,9 +118,14 @@ class Kube:
         if resp.status != 200:
             raise KubeError("WATCH", path, resp.status, resp.read().decode(errors="replace"))
         try:
-            for line in iter_resp_lines(resp.response):
-                if line:
-                    yield cast(Obj, json.loads(line))
+            # One JSON event per line; a chunk may end in the middle of a line.
+            pending = b""
+            for chunk in resp.response.stream(amt=None, decode_content=False):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    if line.strip():
+                        yield cast(Obj, json.loads(line))
         finally:
             resp.response.release_conn()
 

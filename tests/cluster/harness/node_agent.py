@@ -25,7 +25,6 @@ from types import TracebackType
 from typing import Any
 
 from kubernetes import client as k8s_client
-
 from tests.cluster.harness.kube import MERGE, Kube, KubeError, list_and_watch
 from tests.cluster.harness.pod_process import PodProcess, now, now_micro
 from tests.cluster.harness.provisioner import HostFolderProvisioner
@@ -138,6 +137,12 @@ class NodeAgent:
                 except Exception as exc:  # noqa: BLE001 - the API may already be gone
                     _log.debug("removing node %s: %s", name, exc)
         self._spawner.shutdown(wait=True)
+
+    def is_running(self, uid: str) -> bool:
+        """Whether the process of the Pod with this uid is alive."""
+        with self._lock:
+            process = self._pods.get(uid)
+        return process is not None and process.alive()
 
     def pod_dir(self, namespace: str, name: str, uid: str) -> Path:
         return self.state_dir / "pods" / f"{namespace}_{name}_{uid[:8]}"
@@ -310,4 +315,3 @@ class NodeAgent:
         with self._lock:
             self._pods.pop(uid, None)
             self._ips.pop(uid, None)
-

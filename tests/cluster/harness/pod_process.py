@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import subprocess
 import threading
@@ -27,6 +28,7 @@ Obj = dict[str, Any]
 MESSAGE_LIMIT = 4096
 # kubelet starts its restart back-off at 10s; a test cluster has no reason to wait that long.
 RESTART_DELAY = 1.0
+CONFIG_RETRY = 2.0
 # Variables of the agent's own environment that describe the agent, not a container.
 _AGENT_ONLY_ENV = ("KUBECONFIG",)
 _log = logging.getLogger("hyper2kvm.cluster.pod")
@@ -110,21 +112,14 @@ class PodProcess:
                 "containerStatuses": [self._status({"waiting": {"reason": "ContainerCreating"}})],
             }
         )
-        try:
-            self._prepare()
-        except PodConfigError as exc:
-            waiting = {"reason": "CreateContainerConfigError", "message": str(exc)}
-            self._patch({"containerStatuses": [self._status({"waiting": waiting})]})
-            return
-        self._start_process()
-        self._monitor = threading.Thread(
-            target=self._watch_exit, name=f"pod-{self.name}", daemon=True
-        )
+        self._monitor = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
         self._monitor.start()
 
     def terminate(self, grace: float) -> None:
         """Graceful deletion: SIGTERM, SIGKILL after ``grace``; the monitor then removes the Pod."""
         with self._lock:
+            if self._deleting:
+                return  # a later update of the same deleting Pod; one SIGTERM is enough
             self._deleting = True
             proc = self._proc
         if proc is None:
@@ -183,19 +178,26 @@ class PodProcess:
     def _lookup(self, kind: str, namespace: str, name: str) -> Obj | None:
         return self.kube.get_or_none(f"/api/v1/namespaces/{namespace}/{kind}/{name}")
 
-    def _start_process(self) -> None:
+    def _start_process(self) -> bool:
+        """Start the container's process; False when it could not be started at all."""
         self.termination_file.write_bytes(b"")
         future = self.spawner.submit(
             spawn, self._argv, log_path=self.log_file, cwd=self._cwd, env=self._env
         )
-        proc = future.result()
+        try:
+            proc = future.result()
+        except OSError as exc:  # e.g. the command or the working directory does not exist
+            failed = {"exitCode": 128, "reason": "StartError", "message": str(exc)}
+            failed.update({"startedAt": now(), "finishedAt": now()})
+            self._best_effort(functools.partial(self._report_final, failed, failed=True))
+            return False
         with self._lock:
             self._proc = proc
             deleting = self._deleting
         self._started_at = now()
         if deleting or self._shutting_down.is_set():
             stop_process(proc, grace=0.0)
-            return
+            return True
         running = self._status({"running": {"startedAt": self._started_at}}, ready=True)
         self._patch(
             {
@@ -204,6 +206,35 @@ class PodProcess:
                 "containerStatuses": [running],
             }
         )
+        return True
+
+    def _run(self) -> None:
+        # Like kubelet, retry a configuration the node cannot satisfy yet (a Secret that is
+        # created after the Pod) until it can, or until the Pod goes away.
+        reported = ""
+        while True:
+            with self._lock:
+                deleting = self._deleting
+            if deleting or self._shutting_down.is_set():
+                return
+            try:
+                self._prepare()
+                break
+            except Exception as exc:  # noqa: BLE001 - reported in the Pod and retried
+                if str(exc) != reported:
+                    reported = str(exc)
+                    reason = (
+                        "CreateContainerConfigError"
+                        if isinstance(exc, PodConfigError)
+                        else "CreateContainerError"
+                    )
+                    waiting = {"reason": reason, "message": reported}
+                    status = {"containerStatuses": [self._status({"waiting": waiting})]}
+                    self._best_effort(functools.partial(self._patch, status))
+            if self._shutting_down.wait(CONFIG_RETRY):
+                return
+        if self._start_process():
+            self._watch_exit()
 
     def _watch_exit(self) -> None:
         while True:
@@ -222,23 +253,24 @@ class PodProcess:
             }
             with self._lock:
                 deleting = self._deleting
+            report = functools.partial(self._report_final, terminated, failed=exit_code != 0)
             if deleting:
-                self._best_effort(lambda: self._report_final(terminated, failed=exit_code != 0))
-                self._best_effort(lambda: self.force_delete(self.pod))
+                self._best_effort(report)
+                self._best_effort(functools.partial(self.force_delete, self.pod))
                 self.on_gone(self.uid)
                 return
             if self._shutting_down.is_set() or not self._restarts_after(exit_code):
-                self._best_effort(lambda: self._report_final(terminated, failed=exit_code != 0))
+                self._best_effort(report)
                 return
             self._restarts += 1
             self._last_state = {"terminated": terminated}
             backoff = {"reason": "CrashLoopBackOff", "message": f"exit code {exit_code}"}
-            self._best_effort(
-                lambda: self._patch({"containerStatuses": [self._status({"waiting": backoff})]})
-            )
+            waiting = {"containerStatuses": [self._status({"waiting": backoff})]}
+            self._best_effort(functools.partial(self._patch, waiting))
             if self._shutting_down.wait(RESTART_DELAY):
                 return
-            self._start_process()
+            if not self._start_process():
+                return
 
     def _restarts_after(self, exit_code: int) -> bool:
         return self.restart_policy == "Always" or (
@@ -306,7 +338,11 @@ class PodProcess:
 
 
 def _condition(kind: str, ok: bool, reason: str = "") -> Obj:
-    condition: Obj = {"type": kind, "status": "True" if ok else "False", "lastTransitionTime": now()}
+    condition: Obj = {
+        "type": kind,
+        "status": "True" if ok else "False",
+        "lastTransitionTime": now(),
+    }
     if reason:
         condition["reason"] = reason
     return condition

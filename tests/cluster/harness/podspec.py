@@ -25,7 +25,7 @@ VOLUME_MAP_ENV = "HYPER2KVM_VOLUME_MAP"
 
 
 class PodConfigError(ValueError):
-    """The Pod asks for something this node cannot provide (kubelet's CreateContainerConfigError)."""
+    """The Pod asks for what this node cannot provide (kubelet: CreateContainerConfigError)."""
 
 
 def expand(value: str, env: Mapping[str, str]) -> str:

@@ -25,6 +25,10 @@ class WaitTimeout(RuntimeError):
     """A condition did not hold before its deadline."""
 
 
+class WaitAborted(RuntimeError):
+    """Raised by a probe when waiting longer cannot help (the process being waited on died)."""
+
+
 def wait_until(
     probe: Callable[[], T | None],
     *,
@@ -34,14 +38,16 @@ def wait_until(
 ) -> T:
     """Poll ``probe`` until it returns something other than None (or False) and return it.
 
-    Exceptions from the probe count as "not yet"; the last one is reported on timeout so a
-    failing readiness check says why.
+    Exceptions from the probe count as "not yet" (except WaitAborted, which ends the wait);
+    the last one is reported on timeout so a failing readiness check says why.
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
         try:
             result = probe()
+        except WaitAborted:
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure of a probe means "not yet"
             last_error = exc
             result = None

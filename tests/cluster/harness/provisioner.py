@@ -45,8 +45,10 @@ class HostFolderProvisioner:
 
     def on_claim(self, event: str, pvc: Obj) -> None:
         spec = pvc.get("spec", {})
-        if event == "DELETED" or spec.get("volumeName") or spec.get("storageClassName") != (
-            STORAGE_CLASS
+        if (
+            event == "DELETED"
+            or spec.get("volumeName")
+            or spec.get("storageClassName") != (STORAGE_CLASS)
         ):
             return
         meta = pvc["metadata"]

@@ -69,7 +69,9 @@ class Volumes:
         return str(path)
 
     def _claim_dir(self, namespace: str, claim: str) -> Path:
-        pvc = self.kube.get_or_none(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+        pvc = self.kube.get_or_none(
+            f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}"
+        )
         if pvc is None:
             raise PodConfigError(f"persistentvolumeclaim {claim!r} not found")
         volume_name = pvc.get("spec", {}).get("volumeName")
@@ -110,9 +112,7 @@ class Volumes:
             if kind == "secrets":
                 data = {k: base64.b64decode(v) for k, v in data.items()}
             else:
-                data.update(
-                    {k: base64.b64decode(v) for k, v in obj.get("binaryData", {}).items()}
-                )
+                data.update({k: base64.b64decode(v) for k, v in obj.get("binaryData", {}).items()})
             items = spec.get("items")
             if not items:
                 return data

@@ -1,0 +1,15 @@
+# Local Kubernetes control plane for the cluster tests and the demo (see tests/cluster/README.md).
+# Included from the main Makefile, which defines PYTHON and exports HYPER2KVM_CACHE.
+
+CLUSTER_STATE ?= $(HYPER2KVM_CACHE)/cluster
+
+.PHONY: cluster-binaries cluster-up cluster-down
+
+cluster-binaries: ## build kube-apiserver, controller-manager, scheduler and etcd once (cached)
+	@hack/k8s/build.sh
+
+cluster-up: cluster-binaries venv ## start a local cluster in the background; prints its KUBECONFIG
+	@PYTHON=$(PYTHON) hack/cluster.sh up $(CLUSTER_STATE)
+
+cluster-down: ## stop the cluster started by cluster-up
+	@PYTHON=$(PYTHON) hack/cluster.sh down $(CLUSTER_STATE)

@@ -1,0 +1,144 @@
+"""The MigrationJob CRD on a real API server: defaults, refusals with readable messages,
+immutability once started, printer columns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.cluster.conftest import Cluster
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "migrationjobs.hyper2kvm.io.yaml"
+
+
+def kubectl(
+    cluster: Cluster, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["kubectl", *args], input=stdin, capture_output=True, text=True,
+        env=cluster.kubectl_env(), timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> None:
+    applied = kubectl(cluster, "apply", "-f", str(CRD))
+    assert applied.returncode == 0, applied.stderr
+    waited = kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/migrationjobs.hyper2kvm.io")  # fmt: skip
+    assert waited.returncode == 0, waited.stderr
+
+
+def job(name: str, **disk: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "hyper2kvm.io/v1alpha1",
+        "kind": "MigrationJob",
+        "metadata": {"name": name},
+        "spec": {
+            "operation": "convert",
+            "disks": [{
+                "name": "disk0",
+                "source": {"hostPath": {"path": "/srv/vmware/web01.vmdk"}},
+                "output": {"hostPath": {"path": "/srv/kvm"}, "path": "web01.qcow2"},
+                **disk,
+            }],
+        },
+    }  # fmt: skip
+
+
+def apply(
+    cluster: Cluster, namespace: str, body: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    return kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(body))
+
+
+def test_defaults_are_filled_in_by_the_api_server(
+    crd: None, cluster: Cluster, namespace: str
+) -> None:
+    assert apply(cluster, namespace, job("web01")).returncode == 0
+    stored = json.loads(
+        kubectl(cluster, "get", "-n", namespace, "mj", "web01", "-o", "json").stdout
+    )
+    spec = stored["spec"]
+    assert (spec["verify"], spec["retries"], spec["priority"], spec["cancel"]) == (
+        True,
+        3,
+        0,
+        False,
+    )
+    assert spec["disks"][0]["output"]["format"] == "qcow2"
+
+
+@pytest.mark.parametrize(
+    ("disk", "message"),
+    [
+        ({"source": {"hostPath": {"path": "/a.vmdk"}, "http": {"url": "http://h/a.vmdk"}}},
+         "a disk source needs exactly one of pvc, hostPath, http, ova"),
+        ({"source": {"pvc": {"claimName": "vm", "path": "../etc/shadow"}}},
+         "path must not contain '..'"),
+        ({"source": {"pvc": {"claimName": "vm", "path": "/etc/shadow"}}},
+         "path must be relative to its volume"),
+        ({"source": {"hostPath": {"path": "relative.vmdk"}}}, "hostPath path must be absolute"),
+        ({"output": {"hostPath": {"path": "/o"}, "pvc": {"claimName": "x"}, "path": "a.qcow2"}},
+         "an output needs exactly one of pvc, hostPath"),
+        ({"output": {"hostPath": {"path": "/o"}, "path": "a.raw", "format": "raw",
+                     "compression": "zstd"}}, "compression needs format qcow2"),
+        ({"source": {"http": {"url": "ftp://h/a.vmdk"}}}, "should match"),
+    ],
+)  # fmt: skip
+def test_bad_specs_are_refused_with_a_readable_message(
+    disk: dict[str, Any], message: str, crd: None, cluster: Cluster, namespace: str
+) -> None:
+    refused = apply(cluster, namespace, job("bad", **disk))
+    assert refused.returncode != 0
+    assert message in refused.stderr, refused.stderr
+
+
+def test_spec_level_rules(crd: None, cluster: Cluster, namespace: str) -> None:
+    no_output = job("no-output")
+    del no_output["spec"]["disks"][0]["output"]
+    refused = apply(cluster, namespace, no_output)
+    assert "convert and offline_fix need an output for every disk" in refused.stderr
+    no_output["spec"]["operation"] = "inspect"
+    assert apply(cluster, namespace, no_output).returncode == 0
+
+    twice = job("twice")
+    twice["spec"]["disks"] *= 2
+    assert "Duplicate value" in apply(cluster, namespace, twice).stderr
+    wild = job("wild")
+    wild["spec"]["retries"] = 99
+    assert "spec.retries" in apply(cluster, namespace, wild).stderr
+
+
+def test_spec_is_immutable_once_started_but_cancel_is_not(
+    crd: None, cluster: Cluster, namespace: str
+) -> None:
+    assert apply(cluster, namespace, job("started")).returncode == 0
+    target = ["-n", namespace, "mj", "started"]
+
+    def set_phase(phase: str) -> None:
+        done = kubectl(cluster, "patch", *target, "--subresource=status", "--type=merge",
+                       "-p", json.dumps({"status": {"phase": phase}}))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    set_phase("Queued")
+    assert kubectl(cluster, "patch", *target, "--type=merge", "-p",
+                   '{"spec":{"verify":false}}').returncode == 0  # fmt: skip
+    set_phase("Running")
+    refused = kubectl(cluster, "patch", *target, "--type=merge", "-p", '{"spec":{"verify":true}}')
+    assert "cannot change once the job has started" in refused.stderr
+    cancelled = kubectl(cluster, "patch", *target, "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    assert cancelled.returncode == 0, cancelled.stderr
+
+
+def test_printer_columns(crd: None, cluster: Cluster, namespace: str) -> None:
+    assert apply(cluster, namespace, job("shown")).returncode == 0
+    narrow = kubectl(cluster, "get", "-n", namespace, "migrationjobs").stdout.splitlines()[0]
+    wide = kubectl(cluster, "get", "-n", namespace, "mj", "-o", "wide").stdout.splitlines()[0]
+    assert narrow.split() == ["NAME", "OPERATION", "PHASE", "PROGRESS", "NODE", "AGE"]
+    assert wide.split()[-3:] == ["THROUGHPUT", "ETA", "ATTEMPT"]
