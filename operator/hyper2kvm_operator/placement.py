@@ -32,6 +32,7 @@ class QueuedJob:
     priority: int
     queued_at: str  # RFC 3339 time the job entered the queue; string order is time order
     node_selector: Mapping[str, str] = field(default_factory=dict)
+    not_before: str | None = None  # a retry's backoff: not placed before this time
 
 
 def node_slots(labels: Mapping[str, str], annotations: Mapping[str, str], default: int) -> int:

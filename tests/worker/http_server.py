@@ -14,8 +14,32 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
 @contextmanager
-def serve(directory: Path, bytes_per_second: int | None = None) -> Iterator[str]:
-    """Serve `directory` on 127.0.0.1 at a free port; yields the base URL."""
+def serve(
+    directory: Path, bytes_per_second: int | None = None, fail_first: int = 0
+) -> Iterator[str]:
+    """Serve `directory` on 127.0.0.1 at a free port; yields the base URL.
+
+    `fail_first` requests are answered 503 first: an outage that passes.
+    """
+    failures = [fail_first]
+    lock = threading.Lock()
+    # One budget for all connections: clients read in parallel (nbdkit, qemu's coroutines).
+    next_send = [time.monotonic()]
+
+    def throttle(size: int) -> None:
+        if not bytes_per_second:
+            return
+        with lock:
+            start = max(next_send[0], time.monotonic())
+            next_send[0] = start + size / bytes_per_second
+        time.sleep(max(0.0, start - time.monotonic()))
+
+    def outage() -> bool:
+        with lock:
+            if failures[0] > 0:
+                failures[0] -= 1
+                return True
+            return False
 
     class Handler(BaseHTTPRequestHandler):
         def _target(self) -> Path | None:
@@ -23,6 +47,9 @@ def serve(directory: Path, bytes_per_second: int | None = None) -> Iterator[str]
             return path if path.is_file() and path.is_relative_to(directory.resolve()) else None
 
         def do_HEAD(self) -> None:
+            if outage():
+                self.send_error(503)
+                return
             target = self._target()
             if target is None:
                 self.send_error(404)
@@ -33,6 +60,9 @@ def serve(directory: Path, bytes_per_second: int | None = None) -> Iterator[str]
             self.end_headers()
 
         def do_GET(self) -> None:
+            if outage():
+                self.send_error(503)
+                return
             target = self._target()
             if target is None:
                 self.send_error(404)
@@ -54,16 +84,15 @@ def serve(directory: Path, bytes_per_second: int | None = None) -> Iterator[str]
                 stream.seek(start)
                 remaining = end - start + 1
                 while remaining > 0:
-                    chunk = stream.read(min(remaining, 256 * 1024))
+                    chunk = stream.read(min(remaining, 64 * 1024))
                     if not chunk:
                         break
+                    throttle(len(chunk))
                     try:
                         self.wfile.write(chunk)
                     except (BrokenPipeError, ConnectionResetError):
                         return
                     remaining -= len(chunk)
-                    if bytes_per_second:
-                        time.sleep(len(chunk) / bytes_per_second)
 
         def log_message(self, format: str, *args: object) -> None:
             return

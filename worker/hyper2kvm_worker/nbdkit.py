@@ -6,6 +6,7 @@ and archived disks convert without being downloaded or extracted first.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -18,6 +19,19 @@ from hyper2kvm_worker.tools import ToolRunner, require, stop_group
 
 NBDKIT_PACKAGE = "nbdkit"
 _START_TIMEOUT_SECONDS = 15.0
+_SOCKET_BASE_MAX = 60  # + "/hyper2kvm-nbd-XXXXXXXX/nbd.sock" stays under 108
+
+
+def _socket_base() -> str | None:
+    """A writable directory short enough for a Unix socket path (108 bytes at most).
+
+    TMPDIR comes first (a Pod's scratch volume); a long one (a deep host path) gives way
+    to /tmp or /dev/shm.
+    """
+    for base in (tempfile.gettempdir(), "/tmp", "/dev/shm"):  # noqa: S108 - fallbacks only
+        if len(base) <= _SOCKET_BASE_MAX and os.access(base, os.W_OK | os.X_OK):
+            return base
+    return None
 
 
 @dataclass(frozen=True)
@@ -34,7 +48,7 @@ class NbdkitServer:
     def __init__(self, runner: ToolRunner, spec: ServeSpec) -> None:
         self._runner = runner
         self._spec = spec
-        self._scratch = tempfile.TemporaryDirectory(prefix="hyper2kvm-nbd-")
+        self._scratch = tempfile.TemporaryDirectory(prefix="hyper2kvm-nbd-", dir=_socket_base())
         self.socket = Path(self._scratch.name) / "nbd.sock"
         self._process: subprocess.Popen[bytes] | None = None
 

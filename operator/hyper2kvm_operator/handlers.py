@@ -1,0 +1,150 @@
+"""Every Kopf decorator of the operator, and nothing else: each handler calls one use case."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import kubernetes
+from prometheus_client import start_http_server
+
+from hyper2kvm_operator import api, placement, reconcile
+from hyper2kvm_operator.api import Phase
+from hyper2kvm_operator.kube import KubeApi
+from hyper2kvm_operator.metrics import OperatorMetrics
+from hyper2kvm_operator.progress_reader import ProgressReader
+from hyper2kvm_operator.settings import Settings
+from hyper2kvm_operator.worker_pod import MANAGED_BY, NODE_LABEL
+
+JOBS = (api.GROUP, api.VERSION, api.PLURAL)
+# An indexer's None keeps the object's previous entries; an empty mapping removes them.
+NOT_INDEXED: dict[Any, Any] = {}
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+_OPERATOR: reconcile.Operator | None = None
+
+
+def op() -> reconcile.Operator:
+    assert _OPERATOR is not None, "the startup handler has not run"
+    return _OPERATOR
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
+    global _OPERATOR
+    config = Settings.from_environment()
+    # Progress and the last-handled spec live in annotations: status belongs to the API.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="hyper2kvm.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="hyper2kvm.io", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "hyper2kvm.io/operator"
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.peering.lifetime = config.peering_lifetime_seconds
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    operator = reconcile.Operator(
+        settings=config,
+        kube=KubeApi(kubernetes.client.ApiClient()),
+        progress=ProgressReader(config.worker_port, config.progress_timeout_seconds),
+        clock=lambda: datetime.now(UTC),
+    )
+    operator.metrics = OperatorMetrics(lambda: operator.view)
+    if config.metrics_port:
+        start_http_server(config.metrics_port, registry=operator.metrics.registry)
+    _OPERATOR = operator
+    logger.info("hyper2kvm operator configured: %s", config)
+
+
+@kopf.on.cleanup()
+async def close(**_: Any) -> None:
+    if _OPERATOR is not None:
+        await _OPERATOR.progress.close()
+
+
+# ---------------------------------------------------------------------------- indices
+
+
+@kopf.index("nodes")
+def worker_nodes(
+    name: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
+) -> dict[str, placement.WorkerNode]:
+    if not placement.is_worker(labels):
+        return NOT_INDEXED
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (status.get("conditions") or [])
+    )
+    slots = placement.node_slots(labels, annotations, op().settings.default_slots)
+    node = placement.WorkerNode(
+        name=name, labels=dict(labels), slots=slots, ready=ready,
+        unschedulable=bool(spec.get("unschedulable")),
+    )  # fmt: skip
+    return {name: node}
+
+
+@kopf.index("pods", labels=MANAGED_BY)
+def worker_pods(
+    name: str, namespace: str | None, labels: Mapping[str, str], status: kopf.Status, **_: Any
+) -> dict[str, str]:
+    """Worker Pods that hold a slot, by the node they were placed on."""
+    if status.get("phase") in ("Succeeded", "Failed") or NODE_LABEL not in labels:
+        return NOT_INDEXED
+    return {labels[NODE_LABEL]: f"{namespace}/{name}"}
+
+
+@kopf.index(*JOBS)
+def queued_jobs(body: kopf.Body, **_: Any) -> dict[str, placement.QueuedJob]:
+    entry = reconcile.queue_entry(body)
+    return NOT_INDEXED if entry is None else {"queue": entry}
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+@kopf.on.resume(*JOBS)
+@kopf.on.create(*JOBS)
+async def admit(body: kopf.Body, **_: Any) -> None:
+    await reconcile.admit(op(), body)
+
+
+@kopf.on.delete(*JOBS, optional=True)
+def forget(body: kopf.Body, **_: Any) -> None:
+    reconcile.forget(op(), body)
+
+
+@kopf.on.field(*JOBS, field="spec.cancel", new=True)
+async def cancel(body: kopf.Body, **_: Any) -> None:
+    await reconcile.cancel_queued(op(), body)
+
+
+def _is_queued(status: kopf.Status, **_: Any) -> bool:
+    return bool(status.get("phase") == Phase.QUEUED.value)
+
+
+@kopf.timer(*JOBS, interval=1.0, when=_is_queued)
+async def place(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
+    nodes_index: kopf.Index[str, placement.WorkerNode] = kwargs["worker_nodes"]
+    pods_index: kopf.Index[str, str] = kwargs["worker_pods"]
+    queue_index: kopf.Index[str, placement.QueuedJob] = kwargs["queued_jobs"]
+    nodes = [node for name in nodes_index for node in nodes_index[name]]
+    pods = {node: set(pods_index[node]) for node in pods_index}
+    queue = list(queue_index.get("queue", []))
+    await reconcile.place_if_first(op(), body, queue, nodes, pods, logger)
+
+
+# One daemon for each job's whole life, not filtered by phase: Kopf never re-spawns a daemon
+# that returned, and one stopped by a filter may miss the next attempt's quick restart.
+@kopf.daemon(*JOBS, cancellation_timeout=10.0)
+async def follow(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
+    await reconcile.follow(op(), body, stopped, logger)

@@ -1,0 +1,73 @@
+"""The Kubernetes API adapter: every call the operator makes, counted per job.
+
+The `kubernetes` client is synchronous, so calls run in threads; Kopf's event loop stays
+free. Counting writes per job is how the benchmark checks the API budget of a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import Counter
+from typing import Any, cast
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from hyper2kvm_operator import api
+
+
+class KubeApi:
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self._core = k8s.CoreV1Api(api_client)
+        self._custom = k8s.CustomObjectsApi(api_client)
+        self.writes: Counter[str] = Counter()  # namespace/name of the job -> API writes
+        self.reads: Counter[str] = Counter()
+
+    async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """A JSON merge patch of `.status`: no resourceVersion, so it cannot conflict."""
+        self.writes[f"{namespace}/{name}"] += 1
+        await asyncio.to_thread(
+            functools.partial(
+                self._custom.patch_namespaced_custom_object_status,
+                _content_type="application/merge-patch+json",  # the client's default is JSON patch
+            ),
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status},
+        )  # fmt: skip
+
+    async def create(self, manifest: dict[str, Any], job: str) -> bool:
+        """Create a ConfigMap or Pod; False when it exists already (a restart's retry)."""
+        self.writes[job] += 1
+        namespace = manifest["metadata"]["namespace"]
+        body = cast(Any, manifest)  # the client accepts plain manifests as well as its models
+        try:
+            if manifest["kind"] == "Pod":
+                await asyncio.to_thread(self._core.create_namespaced_pod, namespace, body)
+            else:
+                await asyncio.to_thread(self._core.create_namespaced_config_map, namespace, body)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def read_pod(self, namespace: str, name: str, job: str) -> dict[str, Any] | None:
+        self.reads[job] += 1
+        try:
+            pod = await asyncio.to_thread(self._core.read_namespaced_pod, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        result: dict[str, Any] = self._core.api_client.sanitize_for_serialization(pod)
+        return result
+
+    async def delete_pod(self, namespace: str, name: str, job: str, grace: int = 30) -> None:
+        self.writes[job] += 1
+        try:
+            await asyncio.to_thread(
+                self._core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise

@@ -1,0 +1,187 @@
+"""The worker Pod and the ConfigMap holding its job, built as plain manifests (pure).
+
+Names are deterministic (`<job>-<attempt>`), so an operator restarted at any moment finds
+the Pod it already made instead of making a second one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hyper2kvm_operator import api
+from hyper2kvm_operator.settings import Settings
+from hyper2kvm_operator.worker_job import SCRATCH, SECRETS_ROOT, WorkerJobPlan
+
+JOB_LABEL = "hyper2kvm.io/job"
+ATTEMPT_LABEL = "hyper2kvm.io/attempt"
+NODE_LABEL = "hyper2kvm.io/node"  # where the Pod was placed: slots are counted by it
+MANAGED_BY = {"app.kubernetes.io/managed-by": "hyper2kvm-operator"}
+WORKER_LABELS = {**MANAGED_BY, "app.kubernetes.io/name": "hyper2kvm-worker"}
+JOB_FILE_DIR = "/etc/hyper2kvm"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def pod_name(job: str, attempt: int) -> str:
+    return f"{job}-{attempt}"
+
+
+def configmap_name(job: str, attempt: int) -> str:
+    return f"{job}-{attempt}-job"
+
+
+def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def job_configmap(body: Mapping[str, Any], attempt: int, plan: WorkerJobPlan) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(name, attempt),
+            "namespace": body["metadata"]["namespace"],
+            "labels": {**MANAGED_BY, JOB_LABEL: name, ATTEMPT_LABEL: str(attempt)},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "data": {"job.json": plan.job.model_dump_json(exclude_none=True)},
+    }
+
+
+def security_context(operation: api.Operation, settings: Settings) -> dict[str, Any]:
+    if operation is api.Operation.OFFLINE_FIX and settings.allow_privileged_fix:
+        return {"privileged": True}  # /dev/kvm and loop devices for libguestfs
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def resources(spec: api.MigrationJobSpec, settings: Settings) -> dict[str, Any]:
+    wanted = spec.resources
+    requests = {"cpu": settings.worker_cpu_request, "memory": settings.worker_memory_request}
+    limits = {"memory": settings.worker_memory_limit}
+    if wanted is not None and wanted.requests is not None:
+        requests.update(wanted.requests.model_dump(exclude_none=True))
+    if wanted is not None and wanted.limits is not None:
+        limits.update(wanted.limits.model_dump(exclude_none=True))
+    return {"requests": requests, "limits": limits}
+
+
+def worker_pod(
+    body: Mapping[str, Any],
+    spec: api.MigrationJobSpec,
+    attempt: int,
+    node: str,
+    plan: WorkerJobPlan,
+    settings: Settings,
+) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    volumes: list[dict[str, Any]] = [
+        {"name": "job", "configMap": {"name": configmap_name(name, attempt)}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "job", "mountPath": JOB_FILE_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH},
+    ]
+    for volume in plan.volumes:
+        if volume.claim_name is not None:
+            source: dict[str, Any] = {
+                "persistentVolumeClaim": {
+                    "claimName": volume.claim_name,
+                    "readOnly": volume.read_only,
+                }
+            }
+        else:
+            kind = "Directory" if volume.read_only else "DirectoryOrCreate"
+            source = {"hostPath": {"path": volume.host_path, "type": kind}}
+        volumes.append({"name": volume.name, **source})
+        mounts.append(
+            {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
+        )
+    for index, secret in enumerate(plan.secrets):
+        volumes.append({"name": f"secret-{index}", "secret": {"secretName": secret}})
+        mounts.append(
+            {"name": f"secret-{index}", "mountPath": f"{SECRETS_ROOT}/{secret}", "readOnly": True}
+        )
+    placement = spec.placement
+    container = {
+        "name": "worker",
+        "image": settings.worker_image,
+        "command": list(settings.worker_command),
+        "args": [
+            "run",
+            "--job",
+            f"{JOB_FILE_DIR}/job.json",
+            "--result",
+            TERMINATION_LOG,
+            # The Pod IP, not 0.0.0.0: the operator reads progress there, and runtimes that
+            # share one network namespace between Pods (the test node agent) need it.
+            "--listen",
+            f"$(POD_IP):{settings.worker_port}",
+        ],
+        "env": [
+            {"name": "TMPDIR", "value": SCRATCH},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        ],
+        "ports": [{"name": "progress", "containerPort": settings.worker_port}],
+        "volumeMounts": mounts,
+        "resources": resources(spec, settings),
+        "securityContext": security_context(spec.operation, settings),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "File",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(name, attempt),
+            "namespace": body["metadata"]["namespace"],
+            "labels": {
+                **WORKER_LABELS,
+                JOB_LABEL: name,
+                ATTEMPT_LABEL: str(attempt),
+                NODE_LABEL: node,
+            },
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 30,
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchFields": [
+                                    {"key": "metadata.name", "operator": "In", "values": [node]}
+                                ]
+                            }
+                        ]
+                    }
+                }
+            },
+            "tolerations": [t.model_dump(exclude_none=True) for t in (placement.tolerations or [])]
+            if placement is not None
+            else [],
+            "containers": [container],
+            "volumes": volumes,
+        },
+    }
