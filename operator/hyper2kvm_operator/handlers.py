@@ -87,9 +87,12 @@ def worker_nodes(
     )
     slots = placement.node_slots(labels, annotations, op().settings.default_slots)
     node = placement.WorkerNode(
-        name=name, labels=dict(labels), slots=slots, ready=ready,
+        name=name,
+        labels=dict(labels),
+        slots=slots,
+        ready=ready,
         unschedulable=bool(spec.get("unschedulable")),
-    )  # fmt: skip
+    )
     return {name: node}
 
 

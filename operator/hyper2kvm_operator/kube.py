@@ -32,8 +32,13 @@ class KubeApi:
                 self._custom.patch_namespaced_custom_object_status,
                 _content_type="application/merge-patch+json",  # the client's default is JSON patch
             ),
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status},
-        )  # fmt: skip
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            api.PLURAL,
+            name,
+            {"status": status},
+        )
 
     async def create(self, manifest: dict[str, Any], job: str) -> bool:
         """Create a ConfigMap or Pod; False when it exists already (a restart's retry)."""

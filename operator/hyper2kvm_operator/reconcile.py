@@ -84,9 +84,14 @@ async def move(
 ) -> None:
     current = current_status(op, body)
     patch = status.transition(
-        current, phase, op.now(), body["metadata"].get("generation"), reason, message,
+        current,
+        phase,
+        op.now(),
+        body["metadata"].get("generation"),
+        reason,
+        message,
         op.settings.history_limit,
-    )  # fmt: skip
+    )
     patch.update(fields)
     meta = body["metadata"]
     await op.kube.patch_job_status(meta["namespace"], meta["name"], patch)
@@ -107,9 +112,14 @@ async def admit(op: Operator, body: Body) -> None:
         await move(op, body, Phase.CANCELLED, cond.CANCELLED, "cancelled before it started")
         return
     await move(
-        op, body, Phase.QUEUED, cond.QUEUED, "waiting for a free worker slot",
-        queuedTime=op.now(), attempt=0,
-    )  # fmt: skip
+        op,
+        body,
+        Phase.QUEUED,
+        cond.QUEUED,
+        "waiting for a free worker slot",
+        queuedTime=op.now(),
+        attempt=0,
+    )
 
 
 def queue_entry(body: Body) -> placement.QueuedJob | None:
@@ -187,10 +197,17 @@ async def place_if_first(
     )
     # The attempt is recorded first: a restart then finds it and creates (or adopts) its Pod.
     await move(
-        op, body, Phase.SCHEDULED, cond.SCHEDULED, f"attempt {attempt} placed on {target.name}",
-        node=target.name, pod=pod, attempt=attempt, retryAfter=None,
+        op,
+        body,
+        Phase.SCHEDULED,
+        cond.SCHEDULED,
+        f"attempt {attempt} placed on {target.name}",
+        node=target.name,
+        pod=pod,
+        attempt=attempt,
+        retryAfter=None,
         startTime=state.get("startTime") or now,
-    )  # fmt: skip
+    )
     await ensure_pod(op, body, attempt, target.name)
     if op.metrics is not None:
         op.metrics.scheduling_latency.observe(max(0.0, time.time() - could_run_since))
@@ -386,9 +403,14 @@ async def retry_or_fail(op: Operator, body: Body, reason: str, message: str) -> 
     )
     text = f"attempt {attempt} failed ({reason}: {message}); retrying in {delay:.0f}s"
     await move(
-        op, body, Phase.QUEUED, cond.RETRYING, text,
-        retryAfter=policy.after(op.clock(), delay), queuedTime=state.get("queuedTime"),
-    )  # fmt: skip
+        op,
+        body,
+        Phase.QUEUED,
+        cond.RETRYING,
+        text,
+        retryAfter=policy.after(op.clock(), delay),
+        queuedTime=state.get("queuedTime"),
+    )
     kopf.warn(_event_target(body), reason=cond.RETRYING, message=text)
 
 

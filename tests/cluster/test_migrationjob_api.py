@@ -20,17 +20,27 @@ def kubectl(
     cluster: Cluster, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["kubectl", *args], input=stdin, capture_output=True, text=True,
-        env=cluster.kubectl_env(), timeout=60, check=False,
-    )  # fmt: skip
+        ["kubectl", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=cluster.kubectl_env(),
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def crd(cluster: Cluster) -> None:
     applied = kubectl(cluster, "apply", "-f", str(CRD))
     assert applied.returncode == 0, applied.stderr
-    waited = kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/migrationjobs.hyper2kvm.io")  # fmt: skip
+    waited = kubectl(
+        cluster,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/migrationjobs.hyper2kvm.io",
+    )
     assert waited.returncode == 0, waited.stderr
 
 
@@ -41,14 +51,16 @@ def job(name: str, **disk: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {
             "operation": "convert",
-            "disks": [{
-                "name": "disk0",
-                "source": {"hostPath": {"path": "/srv/vmware/web01.vmdk"}},
-                "output": {"hostPath": {"path": "/srv/kvm"}, "path": "web01.qcow2"},
-                **disk,
-            }],
+            "disks": [
+                {
+                    "name": "disk0",
+                    "source": {"hostPath": {"path": "/srv/vmware/web01.vmdk"}},
+                    "output": {"hostPath": {"path": "/srv/kvm"}, "path": "web01.qcow2"},
+                    **disk,
+                }
+            ],
         },
-    }  # fmt: skip
+    }
 
 
 def apply(
@@ -77,20 +89,37 @@ def test_defaults_are_filled_in_by_the_api_server(
 @pytest.mark.parametrize(
     ("disk", "message"),
     [
-        ({"source": {"hostPath": {"path": "/a.vmdk"}, "http": {"url": "http://h/a.vmdk"}}},
-         "a disk source needs exactly one of pvc, hostPath, http, ova"),
-        ({"source": {"pvc": {"claimName": "vm", "path": "../etc/shadow"}}},
-         "path must not contain '..'"),
-        ({"source": {"pvc": {"claimName": "vm", "path": "/etc/shadow"}}},
-         "path must be relative to its volume"),
+        (
+            {"source": {"hostPath": {"path": "/a.vmdk"}, "http": {"url": "http://h/a.vmdk"}}},
+            "a disk source needs exactly one of pvc, hostPath, http, ova",
+        ),
+        (
+            {"source": {"pvc": {"claimName": "vm", "path": "../etc/shadow"}}},
+            "path must not contain '..'",
+        ),
+        (
+            {"source": {"pvc": {"claimName": "vm", "path": "/etc/shadow"}}},
+            "path must be relative to its volume",
+        ),
         ({"source": {"hostPath": {"path": "relative.vmdk"}}}, "hostPath path must be absolute"),
-        ({"output": {"hostPath": {"path": "/o"}, "pvc": {"claimName": "x"}, "path": "a.qcow2"}},
-         "an output needs exactly one of pvc, hostPath"),
-        ({"output": {"hostPath": {"path": "/o"}, "path": "a.raw", "format": "raw",
-                     "compression": "zstd"}}, "compression needs format qcow2"),
+        (
+            {"output": {"hostPath": {"path": "/o"}, "pvc": {"claimName": "x"}, "path": "a.qcow2"}},
+            "an output needs exactly one of pvc, hostPath",
+        ),
+        (
+            {
+                "output": {
+                    "hostPath": {"path": "/o"},
+                    "path": "a.raw",
+                    "format": "raw",
+                    "compression": "zstd",
+                }
+            },
+            "compression needs format qcow2",
+        ),
         ({"source": {"http": {"url": "ftp://h/a.vmdk"}}}, "should match"),
     ],
-)  # fmt: skip
+)
 def test_bad_specs_are_refused_with_a_readable_message(
     disk: dict[str, Any], message: str, crd: None, cluster: Cluster, namespace: str
 ) -> None:
@@ -122,13 +151,24 @@ def test_spec_is_immutable_once_started_but_cancel_is_not(
     target = ["-n", namespace, "mj", "started"]
 
     def set_phase(phase: str) -> None:
-        done = kubectl(cluster, "patch", *target, "--subresource=status", "--type=merge",
-                       "-p", json.dumps({"status": {"phase": phase}}))  # fmt: skip
+        done = kubectl(
+            cluster,
+            "patch",
+            *target,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"phase": phase}}),
+        )
         assert done.returncode == 0, done.stderr
 
     set_phase("Queued")
-    assert kubectl(cluster, "patch", *target, "--type=merge", "-p",
-                   '{"spec":{"verify":false}}').returncode == 0  # fmt: skip
+    assert (
+        kubectl(
+            cluster, "patch", *target, "--type=merge", "-p", '{"spec":{"verify":false}}'
+        ).returncode
+        == 0
+    )
     set_phase("Running")
     refused = kubectl(cluster, "patch", *target, "--type=merge", "-p", '{"spec":{"verify":true}}')
     assert "cannot change once the job has started" in refused.stderr

@@ -9,14 +9,20 @@ def test_transition_time_moves_only_when_status_flips() -> None:
     flipped = set_condition(same, "Ready", True, "Completed", "done", "t3", 2)
 
     assert find(first, "Ready") == {
-        "type": "Ready", "status": "False", "reason": "Queued", "message": "waiting",
-        "lastTransitionTime": "t1", "observedGeneration": 1,
-    }  # fmt: skip
+        "type": "Ready",
+        "status": "False",
+        "reason": "Queued",
+        "message": "waiting",
+        "lastTransitionTime": "t1",
+        "observedGeneration": 1,
+    }
     ready = find(same, "Ready")
     assert ready is not None
     assert (ready["lastTransitionTime"], ready["reason"], ready["observedGeneration"]) == (
-        "t1", "Running", 2,
-    )  # fmt: skip
+        "t1",
+        "Running",
+        2,
+    )
     done = find(flipped, "Ready")
     assert done is not None and done["lastTransitionTime"] == "t3"
 

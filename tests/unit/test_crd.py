@@ -43,9 +43,15 @@ def test_printer_columns_and_names() -> None:
     version = manifest["spec"]["versions"][0]
     columns = [(c["name"], c.get("priority", 0)) for c in version["additionalPrinterColumns"]]
     assert columns == [
-        ("Operation", 0), ("Phase", 0), ("Progress", 0), ("Node", 0), ("Age", 0),
-        ("Throughput", 1), ("ETA", 1), ("Attempt", 1),
-    ]  # fmt: skip
+        ("Operation", 0),
+        ("Phase", 0),
+        ("Progress", 0),
+        ("Node", 0),
+        ("Age", 0),
+        ("Throughput", 1),
+        ("ETA", 1),
+        ("Attempt", 1),
+    ]
     assert manifest["spec"]["names"]["shortNames"] == ["mj"]
     assert version["subresources"] == {"status": {}}
 

@@ -25,15 +25,23 @@ def spec(**overrides: Any) -> MigrationJobSpec:
     data: dict[str, Any] = {
         "operation": "convert",
         "disks": [
-            {"name": "boot", "source": {"pvc": {"claimName": "vmware", "path": "web/web.vmdk"}},
-             "output": {"pvc": {"claimName": "kvm"}, "path": "web/boot.qcow2"}},
-            {"name": "data", "source": {"pvc": {"claimName": "vmware", "path": "web/data.vmdk"}},
-             "output": {"hostPath": {"path": "/srv/kvm"}, "path": "data.raw", "format": "raw"}},
-            {"name": "iso", "source": {"http": {"url": "https://h/x.vmdk",
-                                                "secretRef": {"name": "creds"}}},
-             "output": {"pvc": {"claimName": "vmware"}, "path": "out/x.qcow2"}},
+            {
+                "name": "boot",
+                "source": {"pvc": {"claimName": "vmware", "path": "web/web.vmdk"}},
+                "output": {"pvc": {"claimName": "kvm"}, "path": "web/boot.qcow2"},
+            },
+            {
+                "name": "data",
+                "source": {"pvc": {"claimName": "vmware", "path": "web/data.vmdk"}},
+                "output": {"hostPath": {"path": "/srv/kvm"}, "path": "data.raw", "format": "raw"},
+            },
+            {
+                "name": "iso",
+                "source": {"http": {"url": "https://h/x.vmdk", "secretRef": {"name": "creds"}}},
+                "output": {"pvc": {"claimName": "vmware"}, "path": "out/x.qcow2"},
+            },
         ],
-    }  # fmt: skip
+    }
     data.update(overrides)
     return MigrationJobSpec.model_validate(data)
 
@@ -119,10 +127,14 @@ def test_transition_keeps_a_bounded_history_and_sets_conditions() -> None:
 
 def test_progress_fields() -> None:
     progress = Progress(
-        state=JobState.VERIFYING, percent=42.7, bytes_done=42, bytes_total=100,
-        rate_bytes_per_second=3 * 1024 * 1024, eta_seconds=200,
+        state=JobState.VERIFYING,
+        percent=42.7,
+        bytes_done=42,
+        bytes_total=100,
+        rate_bytes_per_second=3 * 1024 * 1024,
+        eta_seconds=200,
         disks=[DiskProgress(name="boot", phase="verifying", bytes_done=42, bytes_total=100)],
-    )  # fmt: skip
+    )
     fields = status.progress_fields(progress)
     assert (fields["progress"], fields["throughput"], fields["eta"]) == (
         "42%",
@@ -138,25 +150,40 @@ def test_worker_history_fills_in_phases_polling_missed() -> None:
         {"phase": "Scheduled", "time": "2026-01-01T00:00:01.000Z"},
         {"phase": "Running", "time": "2026-01-01T00:00:02.000Z"},
     ]
-    result = Result(job="j", state=JobState.SUCCEEDED, history=[
-        Transition(state=JobState.RUNNING, time=1767225601.5),
-        Transition(state=JobState.VERIFYING, time=1767225603.0),
-    ])  # fmt: skip
+    result = Result(
+        job="j",
+        state=JobState.SUCCEEDED,
+        history=[
+            Transition(state=JobState.RUNNING, time=1767225601.5),
+            Transition(state=JobState.VERIFYING, time=1767225603.0),
+        ],
+    )
 
     def fmt(epoch: float) -> str:
         return policy.format_time(datetime.fromtimestamp(epoch, UTC))
 
     merged = status.worker_history(history, result, fmt)
     assert [h["phase"] for h in merged] == ["Queued", "Scheduled", "Running", "Verifying"]
-    assert merged[-1] == {"phase": "Verifying", "time": "2026-01-01T00:00:03.000Z",
-                          "reason": "ReportedByWorker"}  # fmt: skip
+    assert merged[-1] == {
+        "phase": "Verifying",
+        "time": "2026-01-01T00:00:03.000Z",
+        "reason": "ReportedByWorker",
+    }
 
 
 def test_result_fields_use_the_users_terms_for_outputs() -> None:
-    result = Result(job="j", state=JobState.SUCCEEDED, disks=[
-        DiskResult(name="boot", output="/volumes/vol-1/web/boot.qcow2", digest="blake3:ab",
-                   verified=True),
-    ])  # fmt: skip
+    result = Result(
+        job="j",
+        state=JobState.SUCCEEDED,
+        disks=[
+            DiskResult(
+                name="boot",
+                output="/volumes/vol-1/web/boot.qcow2",
+                digest="blake3:ab",
+                verified=True,
+            ),
+        ],
+    )
     job_spec = spec()
     assert job_spec.disks[0].output is not None
     where = {"boot": status.output_location(job_spec.disks[0].output)}

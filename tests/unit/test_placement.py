@@ -29,8 +29,11 @@ def test_queue_order_is_priority_then_age_then_name() -> None:
         job("ns/old-high", 5, "2026-01-01T00:00:00Z"),
     ]
     assert [j.key for j in queue_order(jobs)] == [
-        "ns/old-high", "ns/new-high", "ns/b-same", "ns/old-low",
-    ]  # fmt: skip
+        "ns/old-high",
+        "ns/new-high",
+        "ns/b-same",
+        "ns/old-low",
+    ]
 
 
 def test_least_loaded_node_and_never_more_than_its_slots() -> None:
@@ -40,8 +43,10 @@ def test_least_loaded_node_and_never_more_than_its_slots() -> None:
     placements = place(queue, nodes, active={"a": 1})
 
     assert [(j.key, n.name) for j, n in placements] == [
-        ("ns/j0", "b"), ("ns/j1", "a"), ("ns/j2", "b"),
-    ]  # fmt: skip
+        ("ns/j0", "b"),
+        ("ns/j1", "a"),
+        ("ns/j2", "b"),
+    ]
 
 
 def test_a_job_that_fits_nowhere_does_not_block_others() -> None:

@@ -1,0 +1,75 @@
+"""The operator as a real process (`hyper2kvm-operator`), so tests can kill and restart it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+TEST_SETTINGS = {
+    "HYPER2KVM_WORKER_COMMAND": str(BIN / "hyper2kvm-worker"),
+    "HYPER2KVM_STATUS_INTERVAL": "1",
+    "HYPER2KVM_BACKOFF_BASE": "1",
+    "HYPER2KVM_BACKOFF_MAX": "2",
+    "HYPER2KVM_PEERING_LIFETIME": "8",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class OperatorProcess:
+    def __init__(self, kubeconfig: Path, log: Path, priority: int = 100) -> None:
+        self.metrics_port = free_port()
+        self.log = log
+        self.priority = priority
+        self.env = {
+            **os.environ,
+            **TEST_SETTINGS,
+            "KUBECONFIG": str(kubeconfig),
+            "HYPER2KVM_METRICS_PORT": str(self.metrics_port),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        argv = [
+            str(BIN / "hyper2kvm-operator"),
+            "--liveness",
+            "",
+            "--verbose",
+            "--priority",
+            str(self.priority),
+        ]
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                argv, env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as when a node dies under the operator."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.process = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
