@@ -17,7 +17,7 @@ from hyper2kvm_operator.kube import KubeApi
 from hyper2kvm_operator.metrics import OperatorMetrics
 from hyper2kvm_operator.progress_reader import ProgressReader
 from hyper2kvm_operator.settings import Settings
-from hyper2kvm_operator.worker_pod import MANAGED_BY, NODE_LABEL
+from hyper2kvm_operator.worker_pod import JOB_LABEL, MANAGED_BY, NODE_LABEL
 
 JOBS = (api.GROUP, api.VERSION, api.PLURAL)
 # An indexer's None keeps the object's previous entries; an empty mapping removes them.
@@ -104,6 +104,16 @@ def worker_pods(
     if status.get("phase") in ("Succeeded", "Failed") or NODE_LABEL not in labels:
         return NOT_INDEXED
     return {labels[NODE_LABEL]: f"{namespace}/{name}"}
+
+
+@kopf.on.event("pods", labels=MANAGED_BY)
+def worker_pod_changed(
+    namespace: str | None, labels: Mapping[str, str], status: kopf.Status, **_: Any
+) -> None:
+    """A worker ended or went away: its job's follower reacts now, not at its next look."""
+    finished = status.get("phase") in ("Succeeded", "Failed")
+    if finished and JOB_LABEL in labels:
+        op().wake(f"{namespace}/{labels[JOB_LABEL]}")
 
 
 @kopf.index(*JOBS)

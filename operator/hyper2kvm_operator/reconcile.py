@@ -8,6 +8,8 @@ adopts what exists instead of creating a second Pod.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -49,8 +51,20 @@ class Operator:
     # The status as this operator last wrote it: Kopf's view of the object lags behind our
     # own patches by one watch event, and a history computed from it would lose entries.
     written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Set when a job's worker Pod changes, so its follower looks now instead of next interval.
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     slot_freed_at: float = 0.0
     metrics: OperatorMetrics | None = None
+
+    def wake(self, key: str) -> None:
+        self.wakeups.setdefault(key, asyncio.Event()).set()
+
+    async def pause(self, key: str, seconds: float) -> None:
+        """Sleep up to `seconds`, or until the job's worker Pod changes."""
+        event = self.wakeups.setdefault(key, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+        event.clear()
 
     def now(self) -> str:
         return policy.format_time(self.clock())
@@ -211,7 +225,7 @@ async def place_if_first(
     await ensure_pod(op, body, attempt, target.name)
     if op.metrics is not None:
         op.metrics.scheduling_latency.observe(max(0.0, time.time() - could_run_since))
-    logger.info("attempt %d of %s placed on %s", attempt, key, target.name)
+    logger.info("%s placed on %s (attempt %d)", key, target.name, attempt)
 
 
 async def ensure_pod(op: Operator, body: Body, attempt: int, node: str) -> None:
@@ -293,7 +307,7 @@ async def _follow_attempt(
             return
         else:
             last_written = await mirror(op, body, pod, last_written)
-        await stopped.wait(op.settings.status_interval_seconds)
+        await op.pause(key, op.settings.status_interval_seconds)
 
 
 def _terminated(pod: Body) -> dict[str, Any] | None:
@@ -420,6 +434,7 @@ def forget(op: Operator, body: Body) -> None:
     op.written.pop(key, None)
     op.view.jobs.pop(key, None)
     op.reservations.pop(key, None)
+    op.wakeups.pop(key, None)
 
 
 async def cancel_queued(op: Operator, body: Body) -> None:

@@ -482,3 +482,40 @@ def test_metrics(operator: OperatorProcess, cluster: Cluster) -> None:
     text = wait_until(scrape, timeout=30, what="operator metrics")
     assert "hyper2kvm_queue_depth" in text
     assert "hyper2kvm_scheduling_latency_seconds_bucket" in text
+
+
+def test_two_replicas_one_acts_and_the_other_takes_over(
+    operator: OperatorProcess, cluster: Cluster, namespace: str, disks: Path, tmp_path: Path
+) -> None:
+    cluster.require_agent()
+    raw = make_raw(disks / "ha.raw", 8 * MiB, [(0, MiB)])
+    to_vmdk(raw, disks / "ha.vmdk", "monolithicSparse")
+    source = {"hostPath": {"path": str(disks / "ha.vmdk")}}
+    standby = OperatorProcess(cluster.kubeconfig, tmp_path / "standby.log", priority=50).start()
+    try:
+        wait_until(
+            lambda: (
+                "Pausing the watch-stream for migrationjobs"
+                in standby.log.read_text("utf-8", "replace")
+            ),
+            timeout=60,
+            what="the lower-priority replica to stand by",
+        )
+        submit(
+            cluster, namespace, migration("ha1", cluster, [convert_disk(source, tmp_path / "a")])
+        )
+        assert wait_phase(cluster, namespace, "ha1", TERMINAL)["phase"] == "Succeeded"
+        assert f"{namespace}/ha1 placed" not in standby.log.read_text(errors="replace")
+
+        operator.kill()
+        submit(
+            cluster, namespace, migration("ha2", cluster, [convert_disk(source, tmp_path / "b")])
+        )
+        final = wait_phase(cluster, namespace, "ha2", TERMINAL, timeout=120)
+        assert final["phase"] == "Succeeded", standby.log_tail()
+        assert f"{namespace}/ha2 placed" in standby.log.read_text(errors="replace")
+        assert len(worker_pods(cluster, namespace, "ha1")) == 1
+    finally:
+        standby.stop()
+        if operator.process is None:
+            operator.start()
