@@ -49,8 +49,9 @@ lint: venv ## ruff, mypy (strict) and the import-layer contracts
 crds: venv ## regenerate crds/ from the API models (a test fails when they are stale)
 	$(PYTHON) -m hyper2kvm_operator.crd > crds/migrationjobs.hyper2kvm.io.yaml
 
-bench: setup ## benchmarks: conversion ratios against plain qemu-img and cp
+bench: setup cluster-binaries ## benchmarks: conversion against qemu-img and cp; the operator under load
 	$(PYTHON) bench/convert_bench.py
+	$(PYTHON) bench/operator_bench.py
 
 demo: setup ## convert a generated VMDK end to end and show the result
 	@hack/demo.sh
