@@ -145,7 +145,7 @@ def _is_queued(status: kopf.Status, **_: Any) -> bool:
     return bool(status.get("phase") == Phase.QUEUED.value)
 
 
-@kopf.timer(*JOBS, interval=1.0, when=_is_queued)
+@kopf.timer(*JOBS, interval=0.5, when=_is_queued)
 async def place(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
     nodes_index: kopf.Index[str, placement.WorkerNode] = kwargs["worker_nodes"]
     pods_index: kopf.Index[str, str] = kwargs["worker_pods"]

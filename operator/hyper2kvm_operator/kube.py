@@ -9,12 +9,46 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from hyper2kvm_operator import api
+
+T = TypeVar("T")
+
+
+_RETRIED_STATUSES = {429, 500, 502, 503, 504}
+
+
+def _transient(error: BaseException) -> bool:
+    if isinstance(error, ApiException):
+        return error.status in _RETRIED_STATUSES
+    return isinstance(error, urllib3.exceptions.HTTPError | ConnectionError)
+
+
+async def _call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a client call in a thread, retrying what a busy or restarting API server causes."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_transient),
+        wait=wait_exponential_jitter(initial=0.2, max=5),
+        stop=stop_after_attempt(6),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            result: T = await asyncio.to_thread(function, *args, **kwargs)
+            return result
+    raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
 class KubeApi:
@@ -27,7 +61,7 @@ class KubeApi:
     async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """A JSON merge patch of `.status`: no resourceVersion, so it cannot conflict."""
         self.writes[f"{namespace}/{name}"] += 1
-        await asyncio.to_thread(
+        await _call(
             functools.partial(
                 self._custom.patch_namespaced_custom_object_status,
                 _content_type="application/merge-patch+json",  # the client's default is JSON patch
@@ -47,9 +81,9 @@ class KubeApi:
         body = cast(Any, manifest)  # the client accepts plain manifests as well as its models
         try:
             if manifest["kind"] == "Pod":
-                await asyncio.to_thread(self._core.create_namespaced_pod, namespace, body)
+                await _call(self._core.create_namespaced_pod, namespace, body)
             else:
-                await asyncio.to_thread(self._core.create_namespaced_config_map, namespace, body)
+                await _call(self._core.create_namespaced_config_map, namespace, body)
         except ApiException as error:
             if error.status == 409:
                 return False
@@ -59,7 +93,7 @@ class KubeApi:
     async def read_pod(self, namespace: str, name: str, job: str) -> dict[str, Any] | None:
         self.reads[job] += 1
         try:
-            pod = await asyncio.to_thread(self._core.read_namespaced_pod, name, namespace)
+            pod = await _call(self._core.read_namespaced_pod, name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -70,7 +104,7 @@ class KubeApi:
     async def delete_pod(self, namespace: str, name: str, job: str, grace: int = 30) -> None:
         self.writes[job] += 1
         try:
-            await asyncio.to_thread(
+            await _call(
                 self._core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace
             )
         except ApiException as error:

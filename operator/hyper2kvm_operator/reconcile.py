@@ -31,7 +31,8 @@ from hyper2kvm_operator.settings import Settings
 from hyper2kvm_worker.protocol import Result
 
 Body = Mapping[str, Any]
-RESERVATION_SECONDS = 30.0  # Kopf hands a live, read-only view of the object
+RESERVATION_SECONDS = 30.0
+PLAN_REUSE_SECONDS = 0.2  # Kopf hands a live, read-only view of the object
 
 
 @dataclass
@@ -54,6 +55,10 @@ class Operator:
     # Set when a job's worker Pod changes, so its follower looks now instead of next interval.
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
     slot_freed_at: float = 0.0
+    # Every queued job's timer asks for the same plan; it is computed at most every
+    # PLAN_REUSE_SECONDS, and again at once after a placement changed the load.
+    plan_version: int = 0
+    plan_cache: tuple[float, int, dict[str, placement.WorkerNode]] | None = None
     metrics: OperatorMetrics | None = None
 
     def wake(self, key: str) -> None:
@@ -154,6 +159,23 @@ def queue_entry(body: Body) -> placement.QueuedJob | None:
 # ---------------------------------------------------------------------------- place
 
 
+def _plan(
+    op: Operator,
+    runnable: list[placement.QueuedJob],
+    nodes: list[placement.WorkerNode],
+    pods: dict[str, set[str]],
+) -> dict[str, placement.WorkerNode]:
+    """Job -> node for every job that can start now (shared by all the queued jobs' timers)."""
+    moment = time.monotonic()
+    cached = op.plan_cache
+    fresh = cached is not None and moment - cached[0] < PLAN_REUSE_SECONDS
+    if cached is not None and fresh and cached[1] == op.plan_version:
+        return cached[2]
+    plan = {job.key: node for job, node in placement.place(runnable, nodes, _load(op, pods))}
+    op.plan_cache = (moment, op.plan_version, plan)
+    return plan
+
+
 def _load(op: Operator, pods: dict[str, set[str]]) -> dict[str, int]:
     now = time.monotonic()
     for job, (node, pod, since) in list(op.reservations.items()):
@@ -189,8 +211,7 @@ async def place_if_first(
         and op.written.get(job.key, {}).get("phase", Phase.QUEUED.value) == Phase.QUEUED.value
     ]
     op.view.slots = {node.name: node.slots for node in nodes}
-    placements = placement.place(runnable, nodes, _load(op, pods))
-    target = next((node for job, node in placements if job.key == key), None)
+    target = _plan(op, runnable, nodes, pods).get(key)
     state = current_status(op, body)
     if target is None:
         mine = next((job for job in queue if job.key == key), None)
@@ -202,6 +223,7 @@ async def place_if_first(
     attempt = int(state.get("attempt") or 0) + 1
     pod = worker_pod.pod_name(body["metadata"]["name"], attempt)
     op.reservations[key] = (target.name, f"{body['metadata']['namespace']}/{pod}", time.monotonic())
+    op.plan_version += 1
     could_run_since = max(
         policy.parse_time(state.get("queuedTime") or now).timestamp(),
         policy.parse_time(state.get("retryAfter") or now).timestamp()
