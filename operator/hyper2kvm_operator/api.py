@@ -12,6 +12,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The output options are the worker's own: the CRD offers exactly what the worker does.
+from hyper2kvm_worker.protocol import Compression, OutputFormat, Preallocation
+
 GROUP = "hyper2kvm.io"
 VERSION = "v1alpha1"
 KIND = "MigrationJob"
@@ -109,23 +112,6 @@ class DiskSource(_Api):
     model_config = ConfigDict(
         json_schema_extra=_rules(_exactly_one(["pvc", "hostPath", "http", "ova"], "a disk source"))
     )
-
-
-class OutputFormat(enum.StrEnum):
-    QCOW2 = "qcow2"
-    RAW = "raw"
-
-
-class Compression(enum.StrEnum):
-    NONE = "none"
-    ZLIB = "zlib"
-    ZSTD = "zstd"
-
-
-class Preallocation(enum.StrEnum):
-    OFF = "off"
-    METADATA = "metadata"
-    FALLOC = "falloc"
 
 
 class PvcVolume(_Api):

@@ -41,17 +41,25 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _metadata(
+    body: Mapping[str, Any], name: str, attempt: int, labels: Mapping[str, str]
+) -> dict[str, Any]:
+    """Name, namespace, the job's labels and the owner reference of a child object."""
+    job = body["metadata"]["name"]
+    return {
+        "name": name,
+        "namespace": body["metadata"]["namespace"],
+        "labels": {**labels, JOB_LABEL: job, ATTEMPT_LABEL: str(attempt)},
+        "ownerReferences": [owner_reference(body)],
+    }
+
+
 def job_configmap(body: Mapping[str, Any], attempt: int, plan: WorkerJobPlan) -> dict[str, Any]:
-    name = body["metadata"]["name"]
+    name = configmap_name(body["metadata"]["name"], attempt)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": configmap_name(name, attempt),
-            "namespace": body["metadata"]["namespace"],
-            "labels": {**MANAGED_BY, JOB_LABEL: name, ATTEMPT_LABEL: str(attempt)},
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": _metadata(body, name, attempt, MANAGED_BY),
         "data": {"job.json": plan.job.model_dump_json(exclude_none=True)},
     }
 
@@ -149,17 +157,9 @@ def worker_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": pod_name(name, attempt),
-            "namespace": body["metadata"]["namespace"],
-            "labels": {
-                **WORKER_LABELS,
-                JOB_LABEL: name,
-                ATTEMPT_LABEL: str(attempt),
-                NODE_LABEL: node,
-            },
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": _metadata(
+            body, pod_name(name, attempt), attempt, {**WORKER_LABELS, NODE_LABEL: node}
+        ),
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,6 +53,18 @@ class Cluster:
 
     def kubectl_env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The real kubectl against this cluster; the caller checks the outcome."""
+        return subprocess.run(
+            ["kubectl", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.kubectl_env(),
+            timeout=120,
+            check=False,
+        )
 
 
 def _agent(api: k8s_client.ApiClient, state: Path, session: str, *, local: bool) -> NodeAgent:

@@ -64,15 +64,7 @@ CRD: Obj = {
 def kubectl(
     cluster: Cluster, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=cluster.kubectl_env(),
-        timeout=120,
-        check=False,
-    )
+    return cluster.kubectl(*args, stdin=stdin)
 
 
 def widget(name: str, minimum: int, maximum: int) -> Obj:

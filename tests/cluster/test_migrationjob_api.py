@@ -19,15 +19,7 @@ CRD = REPO / "crds" / "migrationjobs.hyper2kvm.io.yaml"
 def kubectl(
     cluster: Cluster, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["kubectl", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=cluster.kubectl_env(),
-        timeout=60,
-        check=False,
-    )
+    return cluster.kubectl(*args, stdin=stdin)
 
 
 @pytest.fixture(scope="module")

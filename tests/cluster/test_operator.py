@@ -23,15 +23,7 @@ TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 
 def kubectl(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
-    done = subprocess.run(
-        ["kubectl", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=cluster.kubectl_env(),
-        timeout=60,
-        check=False,
-    )
+    done = cluster.kubectl(*args, stdin=stdin)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -134,6 +126,15 @@ def served_disk(disks: Path, size: int, data: int, rate: int) -> Iterator[tuple[
     to_vmdk(raw, www / "served.vmdk", "monolithicSparse")
     with serve(www, bytes_per_second=rate) as url:  # one budget shared by all readers
         yield f"{url}/served.vmdk", raw
+
+
+def start_and_wait_running(
+    cluster: Cluster, namespace: str, name: str, url: str, out: Path
+) -> None:
+    submit(
+        cluster, namespace, migration(name, cluster, [convert_disk({"http": {"url": url}}, out)])
+    )
+    wait_phase(cluster, namespace, name, ("Running", "Verifying"))
 
 
 @pytest.fixture
@@ -302,12 +303,7 @@ def test_cancel_stops_the_pod_and_leaves_no_output(
     cluster.require_agent()
     url, _ = slow_source
     out = tmp_path / "out"
-    submit(
-        cluster,
-        namespace,
-        migration("stopme", cluster, [convert_disk({"http": {"url": url}}, out)]),
-    )
-    wait_phase(cluster, namespace, "stopme", ("Running", "Verifying"))
+    start_and_wait_running(cluster, namespace, "stopme", url, out)
 
     kubectl(
         cluster,
@@ -432,12 +428,7 @@ def test_operator_killed_mid_run_finishes_the_job_with_one_pod(
     cluster.require_agent()
     url, raw = slow_source
     out = tmp_path / "out"
-    submit(
-        cluster,
-        namespace,
-        migration("survivor", cluster, [convert_disk({"http": {"url": url}}, out)]),
-    )
-    wait_phase(cluster, namespace, "survivor", ("Running", "Verifying"))
+    start_and_wait_running(cluster, namespace, "survivor", url, out)
 
     operator.kill()
     operator.start()
@@ -459,12 +450,7 @@ def test_deleting_a_job_removes_its_pod(
 ) -> None:
     cluster.require_agent()
     url, _ = slow_source
-    submit(
-        cluster,
-        namespace,
-        migration("gone", cluster, [convert_disk({"http": {"url": url}}, tmp_path / "o")]),
-    )
-    wait_phase(cluster, namespace, "gone", ("Running", "Verifying"))
+    start_and_wait_running(cluster, namespace, "gone", url, tmp_path / "o")
     kubectl(cluster, "delete", "-n", namespace, "mj", "gone", "--wait=true", "--timeout=60s")
     wait_until(
         lambda: not worker_pods(cluster, namespace, "gone"), timeout=60, what="pod collected"

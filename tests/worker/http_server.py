@@ -43,16 +43,19 @@ def serve(
 
     class Handler(BaseHTTPRequestHandler):
         def _target(self) -> Path | None:
-            path = (directory / self.path.lstrip("/").split("?", 1)[0]).resolve()
-            return path if path.is_file() and path.is_relative_to(directory.resolve()) else None
-
-        def do_HEAD(self) -> None:
+            """The requested file, or None after sending the error (an outage, a 404)."""
             if outage():
                 self.send_error(503)
-                return
+                return None
+            path = (directory / self.path.lstrip("/").split("?", 1)[0]).resolve()
+            if path.is_file() and path.is_relative_to(directory.resolve()):
+                return path
+            self.send_error(404)
+            return None
+
+        def do_HEAD(self) -> None:
             target = self._target()
             if target is None:
-                self.send_error(404)
                 return
             self.send_response(200)
             self.send_header("Content-Length", str(target.stat().st_size))
@@ -60,12 +63,8 @@ def serve(
             self.end_headers()
 
         def do_GET(self) -> None:
-            if outage():
-                self.send_error(503)
-                return
             target = self._target()
             if target is None:
-                self.send_error(404)
                 return
             size = target.stat().st_size
             match = _RANGE.match(self.headers.get("Range", ""))
