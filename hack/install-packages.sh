@@ -8,6 +8,9 @@ packages=(
     nbdkit              # sources: file and curl plugins, tar filter (OVA)
     libnbd-bin          # nbdcopy, nbdinfo: streaming virtual content for digests
     libguestfs-tools    # offline_fix and guest inspection
+    qemu-system-x86     # the libguestfs appliance, and the offline_fix boot test
+    debootstrap         # the Debian test guest of the offline_fix tests
+    cryptsetup-bin      # an encrypted test disk that offline_fix must refuse
     util-linux          # blkid: filesystem detection; sfdisk for test disks
     fdisk               # sfdisk (Debian 12 ships it apart from util-linux)
     e2fsprogs           # mkfs.ext4 for test and demo disks

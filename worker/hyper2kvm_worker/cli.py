@@ -1,4 +1,4 @@
-"""`hyper2kvm-worker`: inspect, convert, run a protocol job, report capabilities.
+"""`hyper2kvm-worker`: inspect, convert, fix, run a protocol job, report capabilities.
 
 Exit codes (see errors.ExitCode): 0 success, 1 internal error, 2 usage, 3 permanent
 failure (bad input: do not retry), 75 transient failure (retry), 143 cancelled.
@@ -24,10 +24,12 @@ from hyper2kvm_worker.errors import ExitCode, Reason
 from hyper2kvm_worker.events import EventSink
 from hyper2kvm_worker.job_runner import JobRunner
 from hyper2kvm_worker.protocol import (
+    CloudInitSeed,
     Compression,
     Disk,
     ErrorInfo,
     FileSource,
+    FixOptions,
     HttpSource,
     Job,
     JobState,
@@ -79,6 +81,27 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
     convert.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
     convert.set_defaults(handler=_convert)
+
+    fix = commands.add_parser(
+        "fix", help="convert a Linux guest's VMDK and repair the copy so it boots on KVM"
+    )
+    fix.add_argument("source", help="VMDK file, OVA file, or http(s) URL (never modified)")
+    fix.add_argument("destination", nargs="?", help="the fixed output (not with --dry-run)")
+    fix.add_argument(
+        "--dry-run", action="store_true", help="report what would change; write nothing"
+    )
+    fix.add_argument(
+        "--remove-vmware-tools", action="store_true", help="remove VMware Tools, not only disable"
+    )
+    fix.add_argument("--firstboot", type=Path, help="script run once at the guest's first boot")
+    fix.add_argument("--cloud-init-user-data", type=Path, help="NoCloud seed: user-data file")
+    fix.add_argument("--cloud-init-meta-data", type=Path, help="NoCloud seed: meta-data file")
+    fix.add_argument("--format", choices=[f.value for f in OutputFormat], default="qcow2")
+    fix.add_argument("--no-verify", action="store_true", help="skip the conversion's content check")
+    fix.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    fix.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
+    fix.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
+    fix.set_defaults(handler=_fix, compression="none", preallocation="off")
 
     run = commands.add_parser("run", help="run a Worker Job Protocol v1 job file")
     run.add_argument("--job", required=True, type=Path, help="job JSON file")
@@ -147,7 +170,7 @@ def _single_job(args: argparse.Namespace, operation: Operation) -> Job | int:
     try:
         source = source_from_argument(args.source, args.ova_disk)
         output = None
-        if operation is Operation.CONVERT:
+        if operation is Operation.CONVERT or getattr(args, "destination", None):
             destination = Path(args.destination).absolute()
             output = Output(
                 root=str(destination.parent),
@@ -162,10 +185,24 @@ def _single_job(args: argparse.Namespace, operation: Operation) -> Job | int:
             operation=operation,
             disks=[Disk(name="disk", source=source, output=output)],
             verify=not getattr(args, "no_verify", False),
+            fix=_fix_options(args) if operation is Operation.OFFLINE_FIX else FixOptions(),
         )
     except ValidationError as error:
         first = error.errors()[0]
         return _fail(first["msg"].removeprefix("Value error, "), Reason.INVALID_JOB, 3)
+
+
+def _fix_options(args: argparse.Namespace) -> FixOptions:
+    seed = None
+    if args.cloud_init_user_data is not None:
+        meta = args.cloud_init_meta_data.read_text() if args.cloud_init_meta_data else ""
+        seed = CloudInitSeed(user_data=args.cloud_init_user_data.read_text(), meta_data=meta)
+    return FixOptions(
+        dry_run=args.dry_run,
+        remove_vmware_tools=args.remove_vmware_tools,
+        firstboot_script=args.firstboot.read_text() if args.firstboot else None,
+        cloud_init=seed,
+    )
 
 
 def _report_failure(result: Result) -> int:
@@ -207,6 +244,32 @@ def _convert(args: argparse.Namespace, cancel: CancelToken) -> int:
             f"{console.human_bytes(disk.file_size)} on disk"
             + (f", verified {disk.digest}" if disk.verified else ", not verified")
         )
+    return ExitCode.OK
+
+
+def _fix(args: argparse.Namespace, cancel: CancelToken) -> int:
+    if args.dry_run == bool(args.destination):
+        return _fail(
+            "give a destination, or --dry-run without one", Reason.INVALID_JOB, ExitCode.USAGE
+        )
+    try:
+        job = _single_job(args, Operation.OFFLINE_FIX)
+    except OSError as error:
+        return _fail(f"cannot read {error.filename}: {error.strerror}", Reason.INVALID_JOB, 3)
+    if isinstance(job, int):
+        return job
+    stream = sys.stdout if args.json else None
+    result, runner = _execute(job, cancel, stream=stream, bar=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"type": "result", **json.loads(encode_result(result))}), flush=True)
+    else:
+        for entry in runner.reports.get("disk", {}).get("fixes", []):
+            print(f"{entry['fix']:<14}{entry['status']:<13}{'; '.join(entry['details'])}")
+    if result.state is not JobState.SUCCEEDED:
+        return _report_failure(result)
+    if not args.json and not args.dry_run:
+        disk = result.disks[0]
+        print(f"{disk.output}: fixed, {disk.format}, digest {disk.digest}")
     return ExitCode.OK
 
 

@@ -18,6 +18,7 @@ from hyper2kvm_worker.conversion import (
 from hyper2kvm_worker.errors import Cancelled, ExitCode, Reason, WorkerError
 from hyper2kvm_worker.events import EventSink
 from hyper2kvm_worker.inspection import Inspector, summary
+from hyper2kvm_worker.offline_fix import OfflineFix
 from hyper2kvm_worker.protocol import (
     Disk,
     DiskResult,
@@ -43,7 +44,11 @@ class JobRunner:
         self._runner = runner
         self._sink = sink
         self._machine = StateMachine(clock)
-        passes = 2 if job.operation is Operation.CONVERT and job.verify else 1
+        passes = 1
+        if job.writes_outputs:
+            passes = 2 if job.verify else 1
+            # offline_fix hashes the fixed output once more for its digest
+            passes += job.operation is Operation.OFFLINE_FIX
         self.board = ProgressBoard([disk.name for disk in job.disks], passes, clock)
         self.reports: dict[str, dict[str, Any]] = {}
         self._ticker_stop = threading.Event()
@@ -59,8 +64,13 @@ class JobRunner:
             self._move(JobState.VALIDATING)
             self._validate()
             self._move(JobState.RUNNING)
-            for disk in self.job.disks:
-                results.append(self._run_disk(disk, staged))
+            if self.job.writes_outputs or self.job.operation is Operation.INSPECT:
+                for disk in self.job.disks:
+                    results.append(self._run_disk(disk, staged))
+            if self.job.operation is Operation.OFFLINE_FIX:
+                results, failure = self._offline_fix(results, staged)
+                if failure is not None:
+                    raise failure
             # Outputs appear together, only once every disk is converted and verified: a
             # retried job never finds half of its outputs already there.
             self._runner.cancel.raise_if_cancelled()
@@ -128,7 +138,7 @@ class JobRunner:
         finals: list[Path] = []
         for disk in self.job.disks:
             self._runner.cancel.raise_if_cancelled()
-            if self.job.operation is Operation.CONVERT and disk.output is not None:
+            if self.job.writes_outputs and disk.output is not None:
                 finals.append(check_output(disk.output))
             with open_source(disk.source, self._runner) as opened:
                 source_files.extend(opened.files)
@@ -161,9 +171,23 @@ class JobRunner:
             disk.name, disk.source, disk.output, self.job.verify, observer
         )
         staged.append(output)
-        self.board.finish_disk(disk.name)
-        self._sink.emit("disk", **result.model_dump(exclude_none=True))
+        if self.job.operation is Operation.CONVERT:
+            self.board.finish_disk(disk.name)
+            self._sink.emit("disk", **result.model_dump(exclude_none=True))
         return result
+
+    def _offline_fix(
+        self, converted: list[DiskResult], staged: list[StagedOutput]
+    ) -> tuple[list[DiskResult], WorkerError | None]:
+        """The fixed disks' results, and why the outputs must not be committed (if so)."""
+        self._move(JobState.RUNNING)
+        fixer = OfflineFix(self._runner, self._sink, self.board)
+        if self.job.fix.dry_run:
+            results, failure = fixer.dry_run(self.job), None
+        else:
+            results, failure = fixer.fix_staged(self.job, converted, staged), fixer.failure()
+        self.reports.update({disk.name: fixer.report for disk in self.job.disks})
+        return results, failure
 
     def _tick(self) -> None:
         while not self._ticker_stop.wait(PROGRESS_EVENT_SECONDS):
