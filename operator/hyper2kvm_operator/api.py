@@ -181,6 +181,23 @@ class Placement(_Api):
     tolerations: list[Toleration] | None = None
 
 
+class CloudInit(_Api):
+    userData: str = Field(max_length=65536)
+    metaData: str | None = Field(default=None, max_length=65536)
+    networkConfig: str | None = Field(default=None, max_length=65536)
+
+
+class FixOptions(_Api):
+    """For offline_fix: how the converted Linux guest is repaired to boot on KVM."""
+
+    dryRun: bool = Field(default=False, description="report what would change; write nothing")
+    removeVmwareTools: bool = Field(default=False, description="purge VMware Tools packages")
+    firstbootScript: str | None = Field(
+        default=None, max_length=65536, description="run once as root at first boot (#! line)"
+    )
+    cloudInit: CloudInit | None = Field(default=None, description="a NoCloud seed to install")
+
+
 class ResourceList(_Api):
     cpu: str | None = None
     memory: str | None = None
@@ -205,13 +222,20 @@ class MigrationJobSpec(_Api):
     timeoutSeconds: int = Field(default=86400, ge=30, le=7 * 86400)
     verify: bool = Field(default=True, description="prove each output equals its source")
     cancel: bool = Field(default=False, description="set to true to stop the job")
+    fix: FixOptions | None = None
     resources: Resources | None = None
 
     model_config = ConfigDict(
         json_schema_extra=_rules(
             {
-                "rule": "self.operation == 'inspect' || self.disks.all(d, has(d.output))",
-                "message": "convert and offline_fix need an output for every disk",
+                "rule": "self.operation == 'inspect' || self.disks.all(d, has(d.output))"
+                " || (self.operation == 'offline_fix' && has(self.fix) && self.fix.dryRun)",
+                "message": "convert and offline_fix need an output for every disk "
+                "(only an offline_fix dry run writes nothing)",
+            },
+            {
+                "rule": "!has(self.fix) || self.operation == 'offline_fix'",
+                "message": "fix options apply to operation offline_fix only",
             },
         )
     )

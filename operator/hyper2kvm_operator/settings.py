@@ -28,6 +28,7 @@ class Settings:
     worker_cpu_request: str = "500m"
     worker_memory_request: str = "256Mi"
     worker_memory_limit: str = "2Gi"
+    fix_memory_limit: str = "4Gi"
     history_limit: int = 32
     peering_lifetime_seconds: int = 60  # how long a silent replica is trusted to be alive
 

@@ -73,8 +73,27 @@ def plan(name: str, spec: api.MigrationJobSpec) -> WorkerJobPlan:
         operation=protocol.Operation(spec.operation.value),
         disks=disks,
         verify=spec.verify,
+        fix=_fix(spec.fix),
     )
     return WorkerJobPlan(job=job, volumes=tuple(planner.volumes.values()), secrets=tuple(secrets))
+
+
+def _fix(fix: api.FixOptions | None) -> protocol.FixOptions:
+    if fix is None:
+        return protocol.FixOptions()
+    seed = None
+    if fix.cloudInit is not None:
+        seed = protocol.CloudInitSeed(
+            user_data=fix.cloudInit.userData,
+            meta_data=fix.cloudInit.metaData or "",
+            network_config=fix.cloudInit.networkConfig,
+        )
+    return protocol.FixOptions(
+        dry_run=fix.dryRun,
+        remove_vmware_tools=fix.removeVmwareTools,
+        firstboot_script=fix.firstbootScript,
+        cloud_init=seed,
+    )
 
 
 def _source(source: api.DiskSource, planner: _Planner, secrets: list[str]) -> protocol.Source:

@@ -66,7 +66,9 @@ def job_configmap(body: Mapping[str, Any], attempt: int, plan: WorkerJobPlan) ->
 
 def security_context(operation: api.Operation, settings: Settings) -> dict[str, Any]:
     if operation is api.Operation.OFFLINE_FIX and settings.allow_privileged_fix:
-        return {"privileged": True}  # /dev/kvm and loop devices for libguestfs
+        # Only for /dev/kvm, so that libguestfs' appliance runs with KVM instead of TCG;
+        # without it offline_fix works unprivileged, more slowly.
+        return {"privileged": True}
     return {
         "runAsNonRoot": True,
         "runAsUser": 10001,
@@ -81,6 +83,8 @@ def resources(spec: api.MigrationJobSpec, settings: Settings) -> dict[str, Any]:
     wanted = spec.resources
     requests = {"cpu": settings.worker_cpu_request, "memory": settings.worker_memory_request}
     limits = {"memory": settings.worker_memory_limit}
+    if spec.operation is api.Operation.OFFLINE_FIX:
+        limits["memory"] = settings.fix_memory_limit  # libguestfs' appliance VM on top
     if wanted is not None and wanted.requests is not None:
         requests.update(wanted.requests.model_dump(exclude_none=True))
     if wanted is not None and wanted.limits is not None:
@@ -143,6 +147,7 @@ def worker_pod(
         ],
         "env": [
             {"name": "TMPDIR", "value": SCRATCH},
+            {"name": "LIBGUESTFS_CACHEDIR", "value": SCRATCH},  # the root filesystem is read-only
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},

@@ -131,6 +131,17 @@ def test_spec_level_rules(crd: None, cluster: Cluster, namespace: str) -> None:
     twice = job("twice")
     twice["spec"]["disks"] *= 2
     assert "Duplicate value" in apply(cluster, namespace, twice).stderr
+    fix_on_convert = job("fix-on-convert")
+    fix_on_convert["spec"]["fix"] = {"dryRun": True}
+    assert (
+        "fix options apply to operation offline_fix only"
+        in apply(cluster, namespace, fix_on_convert).stderr
+    )
+    dry_run = job("dry-run")
+    dry_run["spec"].update(operation="offline_fix", fix={"dryRun": True})
+    del dry_run["spec"]["disks"][0]["output"]
+    accepted = apply(cluster, namespace, dry_run)
+    assert accepted.returncode == 0, accepted.stderr
     wild = job("wild")
     wild["spec"]["retries"] = 99
     assert "spec.retries" in apply(cluster, namespace, wild).stderr

@@ -206,3 +206,21 @@ def test_policy() -> None:
     assert not policy.timed_out("2026-01-01T00:00:00.000Z", 61, now)
     assert not policy.timed_out(None, 1, now)
     assert policy.format_time(now) == "2026-01-01T00:01:00.000Z"
+
+
+def test_fix_options_reach_the_worker_job() -> None:
+    fix = spec(
+        operation="offline_fix",
+        fix={
+            "dryRun": True,
+            "firstbootScript": "#!/bin/sh\ntrue\n",
+            "cloudInit": {"userData": "#cloud-config\n"},
+        },
+    )
+    job = worker_job.plan("vms/web01", fix).job
+    assert job.operation.value == "offline_fix"
+    assert job.fix.dry_run is True
+    assert job.fix.firstboot_script == "#!/bin/sh\ntrue\n"
+    assert job.fix.cloud_init is not None and job.fix.cloud_init.user_data == "#cloud-config\n"
+    pod = worker_pod.worker_pod(BODY, fix, 1, "n", worker_job.plan("vms/web01", fix), Settings())
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "4Gi"
