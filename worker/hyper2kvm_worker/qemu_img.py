@@ -32,9 +32,10 @@ class ConvertOptions:
     output_format: str
     create_options: tuple[str, ...] = ()  # -o key=value
     compress: bool = False
-    # Out-of-order writes and more coroutines keep the disk busy; safe with no backing file.
-    out_of_order: bool = True
-    coroutines: int = 16
+    # qemu-img's own defaults (in-order writes, 8 coroutines) measured as fast or faster
+    # than -W -m 16 on the bench disk; the knobs stay for storage where they help.
+    out_of_order: bool = False
+    coroutines: int | None = None
 
 
 class QemuImg:
@@ -108,7 +109,9 @@ class QemuImg:
             args.append("-c")
         if options.out_of_order and not options.compress:
             args.append("-W")
-        args += ["-m", str(options.coroutines), source, target]
+        if options.coroutines is not None:
+            args += ["-m", str(options.coroutines)]
+        args += [source, target]
 
         def progress(chunk: str) -> None:
             percent = parse_qemu_percent(chunk)
