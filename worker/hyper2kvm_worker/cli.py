@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -137,6 +136,8 @@ def source_from_argument(value: str, ova_disk: str | None) -> Source:
 
 
 def _is_tar(path: Path) -> bool:
+    import tarfile  # only for a source named without .ova
+
     try:
         return tarfile.is_tarfile(path)
     except OSError:

@@ -108,22 +108,30 @@ class Converter:
         final = check_output(output)
         with open_source(source, self._runner) as opened:
             check_not_a_source(final, opened.files)
-            info = self._qemu_img.info(opened.image, opened.format)
-            size = int(info["virtual-size"])
-            observer.on_size(size)
-            damage = self._qemu_img.check(opened.image, opened.format)
-            if damage is not None:
-                raise BadInput(Reason.INVALID_IMAGE, f"{opened.label} is damaged: {damage}")
             options = ConvertOptions(
                 source_format=opened.format,
                 output_format=output.format.value,
                 create_options=create_options(output),
                 compress=output.compression is not Compression.NONE,
             )
-            required = self._qemu_img.measure(
-                opened.image, opened.format, options.output_format, options.create_options
-            )
-            _check_space(final.parent, required)
+            # Three independent looks at the source, at once: they cost start-up time only.
+            with ThreadPoolExecutor(max_workers=3, thread_name_prefix="preflight") as pool:
+                info = pool.submit(self._qemu_img.info, opened.image, opened.format)
+                damage = pool.submit(self._qemu_img.check, opened.image, opened.format)
+                required = pool.submit(
+                    self._qemu_img.measure,
+                    opened.image,
+                    opened.format,
+                    options.output_format,
+                    options.create_options,
+                )
+            size = int(info.result()["virtual-size"])
+            if damage.result() is not None:
+                raise BadInput(
+                    Reason.INVALID_IMAGE, f"{opened.label} is damaged: {damage.result()}"
+                )
+            observer.on_size(size)
+            _check_space(final.parent, required.result())
             staged = StagedOutput(partial=partial_path(final), final=final)
             staged.discard()  # what a killed earlier attempt may have left
             try:

@@ -17,8 +17,6 @@ from hyper2kvm_worker.conversion import (
 )
 from hyper2kvm_worker.errors import Cancelled, ExitCode, Reason, WorkerError
 from hyper2kvm_worker.events import EventSink
-from hyper2kvm_worker.inspection import Inspector, summary
-from hyper2kvm_worker.offline_fix import OfflineFix
 from hyper2kvm_worker.protocol import (
     Disk,
     DiskResult,
@@ -148,6 +146,8 @@ class JobRunner:
     def _run_disk(self, disk: Disk, staged: list[StagedOutput]) -> DiskResult:
         if self.job.operation is Operation.INSPECT:
             self.board.start_phase(disk.name, "inspecting")
+            from hyper2kvm_worker.inspection import Inspector, summary  # inspect jobs only
+
             report = Inspector(self._runner).inspect(disk.source)
             self.reports[disk.name] = report
             self._sink.emit("report", disk=disk.name, inspection=report)
@@ -180,6 +180,9 @@ class JobRunner:
         self, converted: list[DiskResult], staged: list[StagedOutput]
     ) -> tuple[list[DiskResult], WorkerError | None]:
         """The fixed disks' results, and why the outputs must not be committed (if so)."""
+        # Imported here: libguestfs' modules cost start-up time the other operations skip.
+        from hyper2kvm_worker.offline_fix import OfflineFix
+
         self._move(JobState.RUNNING)
         fixer = OfflineFix(self._runner, self._sink, self.board)
         if self.job.fix.dry_run:

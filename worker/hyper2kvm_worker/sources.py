@@ -7,18 +7,20 @@ are read in place through nbdkit's tar filter and HTTP sources through its curl 
 from __future__ import annotations
 
 import contextlib
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hyper2kvm_worker import http_probe, nbdkit
 from hyper2kvm_worker.errors import BadInput, Reason
 from hyper2kvm_worker.paths import confine
 from hyper2kvm_worker.protocol import FileSource, HttpSource, OvaSource, Source
 from hyper2kvm_worker.qemu_img import QemuImg
 from hyper2kvm_worker.tools import ToolRunner
 from hyper2kvm_worker.vmdk_file import HEAD_BYTES, VmdkLayout, load_local, parse_head
+
+if TYPE_CHECKING:
+    import tarfile
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
             str(path), "vmdk", layout, str(path), True, stored_bytes=stored, files=layout.files
         )
     elif isinstance(source, OvaSource):
+        from hyper2kvm_worker import nbdkit  # remote and archived sources only
+
         archive = confine(Path(source.root), source.path, "OVA")
         member = _ova_disk(archive, source.disk)
         layout = _ova_layout(archive, member)
@@ -52,6 +56,8 @@ def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
                 nbd.uri, "vmdk", layout, label, False, stored_bytes=member.size, files=(archive,)
             )
     elif isinstance(source, HttpSource):
+        from hyper2kvm_worker import http_probe, nbdkit  # urllib and ssl load slowly
+
         size = http_probe.probe(source)
         user = http_probe.user_of(source)
         spec = nbdkit.curl_spec(source.url, user, source.password_file, source.ca_file)
@@ -63,6 +69,8 @@ def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
 
 
 def _ova_disk(archive: Path, wanted: str | None) -> tarfile.TarInfo:
+    import tarfile
+
     try:
         with tarfile.open(archive, mode="r:") as tar:
             members = [member for member in tar.getmembers() if member.isfile()]
