@@ -161,6 +161,15 @@ def _execute(job: Job, cancel: CancelToken, stream: TextIO | None, bar: bool) ->
     return result, runner
 
 
+def _execute_single(job: Job, cancel: CancelToken, as_json: bool) -> tuple[Result, Any]:
+    """A command-line job: JSON-lines events and result, or a progress bar on a terminal."""
+    stream = sys.stdout if as_json else None
+    result, runner = _execute(job, cancel, stream=stream, bar=not as_json and sys.stderr.isatty())
+    if as_json:
+        print(json.dumps({"type": "result", **json.loads(encode_result(result))}), flush=True)
+    return result, runner
+
+
 def _paint(runner: JobRunner, stop: threading.Event) -> None:
     while not stop.wait(0.25):
         print("\r" + console.progress_line(runner.board.snapshot()), end="", file=sys.stderr)
@@ -232,10 +241,7 @@ def _convert(args: argparse.Namespace, cancel: CancelToken) -> int:
     job = _single_job(args, Operation.CONVERT)
     if isinstance(job, int):
         return job
-    stream = sys.stdout if args.json else None
-    result, _ = _execute(job, cancel, stream=stream, bar=not args.json and sys.stderr.isatty())
-    if args.json:
-        print(json.dumps({"type": "result", **json.loads(encode_result(result))}), flush=True)
+    result, _ = _execute_single(job, cancel, args.json)
     if result.state is not JobState.SUCCEEDED:
         return _report_failure(result)
     if not args.json:
@@ -259,11 +265,8 @@ def _fix(args: argparse.Namespace, cancel: CancelToken) -> int:
         return _fail(f"cannot read {error.filename}: {error.strerror}", Reason.INVALID_JOB, 3)
     if isinstance(job, int):
         return job
-    stream = sys.stdout if args.json else None
-    result, runner = _execute(job, cancel, stream=stream, bar=not args.json and sys.stderr.isatty())
-    if args.json:
-        print(json.dumps({"type": "result", **json.loads(encode_result(result))}), flush=True)
-    else:
+    result, runner = _execute_single(job, cancel, args.json)
+    if not args.json:
         for entry in runner.reports.get("disk", {}).get("fixes", []):
             print(f"{entry['fix']:<14}{entry['status']:<13}{'; '.join(entry['details'])}")
     if result.state is not JobState.SUCCEEDED:
