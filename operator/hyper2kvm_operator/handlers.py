@@ -48,15 +48,16 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    metrics = OperatorMetrics(lambda: operator.view)
     operator = reconcile.Operator(
         settings=config,
-        kube=KubeApi(kubernetes.client.ApiClient()),
+        kube=KubeApi(kubernetes.client.ApiClient(), on_write=metrics.api_writes.inc),
         progress=ProgressReader(config.worker_port, config.progress_timeout_seconds),
         clock=lambda: datetime.now(UTC),
+        metrics=metrics,
     )
-    operator.metrics = OperatorMetrics(lambda: operator.view)
     if config.metrics_port:
-        start_http_server(config.metrics_port, registry=operator.metrics.registry)
+        start_http_server(config.metrics_port, registry=metrics.registry)
     _OPERATOR = operator
     logger.info("hyper2kvm operator configured: %s", config)
 

@@ -1,14 +1,13 @@
-"""The Kubernetes API adapter: every call the operator makes, counted per job.
+"""The Kubernetes API adapter: every call the operator makes, retried and its writes counted.
 
 The `kubernetes` client is synchronous, so calls run in threads; Kopf's event loop stays
-free. Counting writes per job is how the benchmark checks the API budget of a job.
+free. The write count feeds the operator's metrics (the API budget of a job).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -52,15 +51,14 @@ async def _call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 class KubeApi:
-    def __init__(self, api_client: k8s.ApiClient) -> None:
+    def __init__(self, api_client: k8s.ApiClient, on_write: Callable[[], None]) -> None:
         self._core = k8s.CoreV1Api(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
-        self.writes: Counter[str] = Counter()  # namespace/name of the job -> API writes
-        self.reads: Counter[str] = Counter()
+        self._on_write = on_write
 
     async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """A JSON merge patch of `.status`: no resourceVersion, so it cannot conflict."""
-        self.writes[f"{namespace}/{name}"] += 1
+        self._on_write()
         await _call(
             functools.partial(
                 self._custom.patch_namespaced_custom_object_status,
@@ -74,9 +72,9 @@ class KubeApi:
             {"status": status},
         )
 
-    async def create(self, manifest: dict[str, Any], job: str) -> bool:
+    async def create(self, manifest: dict[str, Any]) -> bool:
         """Create a ConfigMap or Pod; False when it exists already (a restart's retry)."""
-        self.writes[job] += 1
+        self._on_write()
         namespace = manifest["metadata"]["namespace"]
         body = cast(Any, manifest)  # the client accepts plain manifests as well as its models
         try:
@@ -90,8 +88,7 @@ class KubeApi:
             raise
         return True
 
-    async def read_pod(self, namespace: str, name: str, job: str) -> dict[str, Any] | None:
-        self.reads[job] += 1
+    async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             pod = await _call(self._core.read_namespaced_pod, name, namespace)
         except ApiException as error:
@@ -101,8 +98,8 @@ class KubeApi:
         result: dict[str, Any] = self._core.api_client.sanitize_for_serialization(pod)
         return result
 
-    async def delete_pod(self, namespace: str, name: str, job: str, grace: int = 30) -> None:
-        self.writes[job] += 1
+    async def delete_pod(self, namespace: str, name: str, grace: int = 30) -> None:
+        self._on_write()
         try:
             await _call(
                 self._core.delete_namespaced_pod, name, namespace, grace_period_seconds=grace

@@ -254,9 +254,9 @@ async def ensure_pod(op: Operator, body: Body, attempt: int, node: str) -> None:
     spec = MigrationJobSpec.model_validate(body["spec"])
     name = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
     plan = worker_job.plan(name, spec)
-    await op.kube.create(worker_pod.job_configmap(body, attempt, plan), key_of(body))
+    await op.kube.create(worker_pod.job_configmap(body, attempt, plan))
     pod = worker_pod.worker_pod(body, spec, attempt, node, plan, op.settings)
-    await op.kube.create(pod, key_of(body))
+    await op.kube.create(pod)
 
 
 # ---------------------------------------------------------------------------- follow
@@ -308,7 +308,7 @@ async def _follow_attempt(
         if phase not in status.ACTIVE:
             return
         attempt, pod_name = int(state.get("attempt") or 1), state.get("pod")
-        pod = await op.kube.read_pod(meta["namespace"], pod_name, key) if pod_name else None
+        pod = await op.kube.read_pod(meta["namespace"], pod_name) if pod_name else None
         if pod is None:
             if phase is Phase.SCHEDULED and pod_name:
                 await ensure_pod(op, body, attempt, state["node"])  # restart between the two
@@ -371,7 +371,7 @@ async def mirror(op: Operator, body: Body, pod: Body, last: dict[str, Any]) -> d
 
 async def stop_pod(op: Operator, body: Body, pod_name: str | None) -> None:
     if pod_name:
-        await op.kube.delete_pod(body["metadata"]["namespace"], pod_name, key_of(body))
+        await op.kube.delete_pod(body["metadata"]["namespace"], pod_name)
         op.slot_freed_at = time.time()
 
 

@@ -464,6 +464,10 @@ def test_metrics(operator: OperatorProcess, cluster: Cluster) -> None:
     text = wait_until(scrape, timeout=30, what="operator metrics")
     assert "hyper2kvm_queue_depth" in text
     assert "hyper2kvm_scheduling_latency_seconds_bucket" in text
+    writes = next(
+        line for line in text.splitlines() if line.startswith("hyper2kvm_api_writes_total")
+    )
+    assert float(writes.split()[-1]) > 0
 
 
 def test_two_replicas_one_acts_and_the_other_takes_over(

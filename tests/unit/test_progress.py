@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hyper2kvm_worker.progress import RateMeter, combine, parse_qemu_percent
+from hyper2kvm_worker.progress import RateMeter, parse_qemu_percent
 
 
 @pytest.mark.parametrize(
@@ -50,8 +50,3 @@ def test_rate_uses_a_recent_window() -> None:
 
 def test_unknown_rate_has_no_eta() -> None:
     assert RateMeter(100, now=0.0).snapshot().eta_seconds is None
-
-
-def test_combine() -> None:
-    assert combine([(50, 100), (0, 300)]) == 12.5
-    assert combine([]) == 0.0

@@ -63,11 +63,3 @@ class RateMeter:
             eta = None
         percent = 100.0 * self.bytes_done / self.bytes_total if self.bytes_total else 0.0
         return Snapshot(self.bytes_done, self.bytes_total, percent, rate, eta)
-
-
-def combine(parts: list[tuple[int, int]]) -> float:
-    """Overall percent from (done, total) pairs of several disks."""
-    total = sum(t for _, t in parts)
-    if total == 0:
-        return 0.0
-    return 100.0 * sum(d for d, _ in parts) / total
