@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# The output options are the worker's own: the CRD offers exactly what the worker does.
-from hyper2kvm_worker.protocol import Compression, OutputFormat, Preallocation
+# Operations and output options are the worker's own: the CRD offers what the worker does.
+from hyper2kvm_worker.protocol import Compression, Operation, OutputFormat, Preallocation
 
 GROUP = "hyper2kvm.io"
 VERSION = "v1alpha1"
@@ -44,12 +44,6 @@ def _exactly_one(fields: list[str], what: str) -> dict[str, str]:
 
 class _Api(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class Operation(enum.StrEnum):
-    INSPECT = "inspect"
-    CONVERT = "convert"
-    OFFLINE_FIX = "offline_fix"
 
 
 class Phase(enum.StrEnum):

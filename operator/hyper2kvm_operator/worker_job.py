@@ -70,7 +70,7 @@ def plan(name: str, spec: api.MigrationJobSpec) -> WorkerJobPlan:
         disks.append(protocol.Disk(name=disk.name, source=source, output=output))
     job = protocol.Job(
         name=name,
-        operation=protocol.Operation(spec.operation.value),
+        operation=spec.operation,
         disks=disks,
         verify=spec.verify,
         fix=_fix(spec.fix),

@@ -12,6 +12,7 @@ from typing import Any
 from hyper2kvm_operator import api
 from hyper2kvm_operator.settings import Settings
 from hyper2kvm_operator.worker_job import SCRATCH, SECRETS_ROOT, WorkerJobPlan
+from hyper2kvm_worker.protocol import Operation
 
 JOB_LABEL = "hyper2kvm.io/job"
 ATTEMPT_LABEL = "hyper2kvm.io/attempt"
@@ -64,8 +65,8 @@ def job_configmap(body: Mapping[str, Any], attempt: int, plan: WorkerJobPlan) ->
     }
 
 
-def security_context(operation: api.Operation, settings: Settings) -> dict[str, Any]:
-    if operation is api.Operation.OFFLINE_FIX and settings.allow_privileged_fix:
+def security_context(operation: Operation, settings: Settings) -> dict[str, Any]:
+    if operation is Operation.OFFLINE_FIX and settings.allow_privileged_fix:
         # Only for /dev/kvm, so that libguestfs' appliance runs with KVM instead of TCG;
         # without it offline_fix works unprivileged, more slowly.
         return {"privileged": True}
@@ -83,7 +84,7 @@ def resources(spec: api.MigrationJobSpec, settings: Settings) -> dict[str, Any]:
     wanted = spec.resources
     requests = {"cpu": settings.worker_cpu_request, "memory": settings.worker_memory_request}
     limits = {"memory": settings.worker_memory_limit}
-    if spec.operation is api.Operation.OFFLINE_FIX:
+    if spec.operation is Operation.OFFLINE_FIX:
         limits["memory"] = settings.fix_memory_limit  # libguestfs' appliance VM on top
     if wanted is not None and wanted.requests is not None:
         requests.update(wanted.requests.model_dump(exclude_none=True))
