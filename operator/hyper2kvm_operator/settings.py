@@ -13,14 +13,12 @@ def _env(name: str, default: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    namespace: str | None = None  # None: all namespaces
     worker_image: str = "ghcr.io/hyper2kvm/worker:0.1.0"
     worker_command: tuple[str, ...] = ("hyper2kvm-worker",)
     worker_port: int = 8081
     default_slots: int = 2
     allow_privileged_fix: bool = False
     status_interval_seconds: float = 2.0
-    placement_interval_seconds: float = 1.0
     progress_timeout_seconds: float = 2.0
     backoff_base_seconds: float = 10.0
     backoff_max_seconds: float = 600.0
@@ -36,14 +34,12 @@ class Settings:
     def from_environment(cls) -> Settings:
         defaults = cls()
         return cls(
-            namespace=_env("NAMESPACE", "") or None,
             worker_image=_env("WORKER_IMAGE", defaults.worker_image),
             worker_command=tuple(shlex.split(_env("WORKER_COMMAND", "hyper2kvm-worker"))),
             worker_port=int(_env("WORKER_PORT", str(defaults.worker_port))),
             default_slots=int(_env("DEFAULT_SLOTS", str(defaults.default_slots))),
             allow_privileged_fix=_env("ALLOW_PRIVILEGED_FIX", "false").lower() == "true",
             status_interval_seconds=float(_env("STATUS_INTERVAL", "2")),
-            placement_interval_seconds=float(_env("PLACEMENT_INTERVAL", "1")),
             backoff_base_seconds=float(_env("BACKOFF_BASE", "10")),
             backoff_max_seconds=float(_env("BACKOFF_MAX", "600")),
             metrics_port=int(_env("METRICS_PORT", str(defaults.metrics_port))),
