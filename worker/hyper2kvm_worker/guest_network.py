@@ -111,30 +111,27 @@ def rewrite_netplan(text: str, plan: Mapping[str, str]) -> Rewrite:
     return out
 
 
-def rewrite_keyfile(text: str, plan: Mapping[str, str]) -> Rewrite:
-    """A NetworkManager keyfile: interface-name renamed, the permanent mac-address dropped."""
+def _drop_bindings(text: str, plan: Mapping[str, str], kind: str, binding: str) -> Rewrite:
+    """Interfaces renamed by `plan`, and every line matching `binding` (a MAC) dropped."""
     out = Rewrite(text="")
     kept = []
-    for line in _rename(text, plan, "keyfile", out):
-        if re.match(r"^\s*mac-address\s*=", line):
-            out.changes.append(f"keyfile: removed {line.strip()}")
+    for line in _rename(text, plan, kind, out):
+        if re.match(binding, line):
+            out.changes.append(f"{kind}: removed {line.strip()}")
             continue
         kept.append(line)
     out.text = "".join(kept)
     return out
+
+
+def rewrite_keyfile(text: str, plan: Mapping[str, str]) -> Rewrite:
+    """A NetworkManager keyfile: interface-name renamed, the permanent mac-address dropped."""
+    return _drop_bindings(text, plan, "keyfile", r"^\s*mac-address\s*=")
 
 
 def rewrite_ifcfg(text: str, plan: Mapping[str, str]) -> Rewrite:
     """A RHEL/SUSE ifcfg file: DEVICE/NAME renamed, HWADDR and MACADDR bindings dropped."""
-    out = Rewrite(text="")
-    kept = []
-    for line in _rename(text, plan, "ifcfg", out):
-        if re.match(r"^\s*(HWADDR|MACADDR)\s*=", line):
-            out.changes.append(f"ifcfg: removed {line.strip()}")
-            continue
-        kept.append(line)
-    out.text = "".join(kept)
-    return out
+    return _drop_bindings(text, plan, "ifcfg", r"^\s*(HWADDR|MACADDR)\s*=")
 
 
 def rewrite_networkd(text: str, plan: Mapping[str, str]) -> Rewrite:
