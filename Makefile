@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup packages venv test test-unit test-worker test-cluster lint bench demo crds clean
 
 include hack/cluster.mk
+include hack/ops.mk
 
 help: ## list the targets
 	@awk -F':.*## ' '/^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +46,7 @@ lint: venv ## ruff, mypy (strict) and the import-layer contracts
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy worker/hyper2kvm_worker operator/hyper2kvm_operator tests bench
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/hadolint Dockerfile.worker Dockerfile.operator
 
 crds: venv ## regenerate crds/ from the API models (a test fails when they are stale)
 	$(PYTHON) -m hyper2kvm_operator.crd > crds/migrationjobs.hyper2kvm.io.yaml

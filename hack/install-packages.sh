@@ -15,6 +15,8 @@ packages=(
     fdisk               # sfdisk (Debian 12 ships it apart from util-linux)
     e2fsprogs           # mkfs.ext4 for test and demo disks
     tar                 # the nbdkit tar filter runs it
+    prometheus          # promtool: the chart's alert rules are unit-tested with it
+    lua5.1              # the Argo CD health check (Argo CD runs Lua 5.1) is tested with it
 )
 
 missing=()
