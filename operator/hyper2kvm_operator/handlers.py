@@ -80,7 +80,7 @@ def worker_nodes(
     status: kopf.Status,
     **_: Any,
 ) -> dict[str, placement.WorkerNode]:
-    if not placement.is_worker(labels):
+    if not placement.is_worker(labels, op().settings.node_label):
         return NOT_INDEXED
     ready = any(
         c.get("type") == "Ready" and c.get("status") == "True"

@@ -44,8 +44,8 @@ def node_slots(labels: Mapping[str, str], annotations: Mapping[str, str], defaul
     return default
 
 
-def is_worker(labels: Mapping[str, str]) -> bool:
-    return labels.get(WORKER_LABEL) == "true"
+def is_worker(labels: Mapping[str, str], label: str = WORKER_LABEL) -> bool:
+    return labels.get(label) == "true"
 
 
 def queue_order(jobs: list[QueuedJob]) -> list[QueuedJob]:
@@ -76,11 +76,11 @@ def place(
     return placements
 
 
-def why_waiting(job: QueuedJob, nodes: list[WorkerNode]) -> str:
+def why_waiting(job: QueuedJob, nodes: list[WorkerNode], label: str = WORKER_LABEL) -> str:
     """A person-readable reason a job is still queued."""
     workers = [node for node in nodes if node.usable]
     if not workers:
-        return f"no ready node is labelled {WORKER_LABEL}=true"
+        return f"no ready node is labelled {label}=true"
     matching = [node for node in workers if eligible(job, node)]
     if not matching:
         return f"no ready worker node matches nodeSelector {dict(job.node_selector)}"

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"HYPER2KVM_{name}", default)
+
+
+def _quantities(name: str, default: Mapping[str, str]) -> Mapping[str, str]:
+    """A JSON object of resource quantities, e.g. {"cpu": "500m", "memory": "256Mi"}."""
+    raw = _env(name, "")
+    if not raw:
+        return default
+    value = json.loads(raw)
+    if not isinstance(value, dict) or not all(isinstance(v, str | int) for v in value.values()):
+        raise ValueError(f"HYPER2KVM_{name} must be a JSON object of quantities, got {raw!r}")
+    return MappingProxyType({str(k): str(v) for k, v in value.items()})
+
+
+def _frozen(**values: str) -> Mapping[str, str]:
+    return MappingProxyType(values)
 
 
 @dataclass(frozen=True)
@@ -16,6 +34,7 @@ class Settings:
     worker_image: str = "ghcr.io/hyper2kvm/worker:0.1.0"
     worker_command: tuple[str, ...] = ("hyper2kvm-worker",)
     worker_port: int = 8081
+    node_label: str = "hyper2kvm.io/worker"  # worker nodes carry it with the value "true"
     default_slots: int = 2
     allow_privileged_fix: bool = False
     status_interval_seconds: float = 2.0
@@ -23,10 +42,16 @@ class Settings:
     backoff_base_seconds: float = 10.0
     backoff_max_seconds: float = 600.0
     metrics_port: int = 8080
-    worker_cpu_request: str = "500m"
-    worker_memory_request: str = "256Mi"
-    worker_memory_limit: str = "2Gi"
+    worker_requests: Mapping[str, str] = field(
+        default_factory=lambda: _frozen(cpu="500m", memory="256Mi")
+    )
+    worker_limits: Mapping[str, str] = field(default_factory=lambda: _frozen(memory="2Gi"))
     fix_memory_limit: str = "4Gi"
+    # Worker scratch: a shared existing claim, else a claim per Pod of scratch_size, else
+    # an emptyDir on the node.
+    scratch_claim: str | None = None
+    scratch_size: str | None = None
+    scratch_storage_class: str | None = None
     history_limit: int = 32
     peering_lifetime_seconds: int = 60  # how long a silent replica is trusted to be alive
 
@@ -37,11 +62,18 @@ class Settings:
             worker_image=_env("WORKER_IMAGE", defaults.worker_image),
             worker_command=tuple(shlex.split(_env("WORKER_COMMAND", "hyper2kvm-worker"))),
             worker_port=int(_env("WORKER_PORT", str(defaults.worker_port))),
+            node_label=_env("NODE_LABEL", defaults.node_label),
             default_slots=int(_env("DEFAULT_SLOTS", str(defaults.default_slots))),
             allow_privileged_fix=_env("ALLOW_PRIVILEGED_FIX", "false").lower() == "true",
             status_interval_seconds=float(_env("STATUS_INTERVAL", "2")),
             backoff_base_seconds=float(_env("BACKOFF_BASE", "10")),
             backoff_max_seconds=float(_env("BACKOFF_MAX", "600")),
             metrics_port=int(_env("METRICS_PORT", str(defaults.metrics_port))),
+            worker_requests=_quantities("WORKER_REQUESTS", defaults.worker_requests),
+            worker_limits=_quantities("WORKER_LIMITS", defaults.worker_limits),
+            fix_memory_limit=_env("FIX_MEMORY_LIMIT", defaults.fix_memory_limit),
+            scratch_claim=_env("SCRATCH_CLAIM", "") or None,
+            scratch_size=_env("SCRATCH_SIZE", "") or None,
+            scratch_storage_class=_env("SCRATCH_STORAGE_CLASS", "") or None,
             peering_lifetime_seconds=int(_env("PEERING_LIFETIME", "60")),
         )

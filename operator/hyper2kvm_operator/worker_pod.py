@@ -82,8 +82,8 @@ def security_context(operation: Operation, settings: Settings) -> dict[str, Any]
 
 def resources(spec: api.MigrationJobSpec, settings: Settings) -> dict[str, Any]:
     wanted = spec.resources
-    requests = {"cpu": settings.worker_cpu_request, "memory": settings.worker_memory_request}
-    limits = {"memory": settings.worker_memory_limit}
+    requests = dict(settings.worker_requests)
+    limits = dict(settings.worker_limits)
     if spec.operation is Operation.OFFLINE_FIX:
         limits["memory"] = settings.fix_memory_limit  # libguestfs' appliance VM on top
     if wanted is not None and wanted.requests is not None:
@@ -91,6 +91,27 @@ def resources(spec: api.MigrationJobSpec, settings: Settings) -> dict[str, Any]:
     if wanted is not None and wanted.limits is not None:
         limits.update(wanted.limits.model_dump(exclude_none=True))
     return {"requests": requests, "limits": limits}
+
+
+def scratch_volume(settings: Settings) -> dict[str, Any]:
+    """The scratch volume's source: a shared claim, a claim of its own, or node disk."""
+    if settings.scratch_claim is not None:
+        return {"persistentVolumeClaim": {"claimName": settings.scratch_claim}}
+    if settings.scratch_size is not None:
+        # A generic ephemeral volume: a ReadWriteOnce claim made for this Pod alone and
+        # deleted with it, so parallel workers never share or leak scratch space.
+        claim: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": settings.scratch_size}},
+        }
+        if settings.scratch_storage_class is not None:
+            claim["storageClassName"] = settings.scratch_storage_class
+        return {
+            "ephemeral": {
+                "volumeClaimTemplate": {"metadata": {"labels": dict(MANAGED_BY)}, "spec": claim}
+            }
+        }
+    return {"emptyDir": {}}
 
 
 def worker_pod(
@@ -104,7 +125,7 @@ def worker_pod(
     name = body["metadata"]["name"]
     volumes: list[dict[str, Any]] = [
         {"name": "job", "configMap": {"name": configmap_name(name, attempt)}},
-        {"name": "scratch", "emptyDir": {}},
+        {"name": "scratch", **scratch_volume(settings)},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "job", "mountPath": JOB_FILE_DIR, "readOnly": True},

@@ -210,10 +210,14 @@ def check_output(output: Output) -> Path:
     if not root.is_dir():
         raise BadInput(Reason.OUTPUT_NOT_WRITABLE, f"output volume {root} is not a directory")
     final = confine_new(root, output.path, "output")
-    if not final.parent.is_dir():
+    try:
+        # Folders inside the output volume are made as needed (`vm1/disk0.qcow2`), as a
+        # person naming that path expects; confine_new has kept the path inside the volume.
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
         raise BadInput(
-            Reason.OUTPUT_NOT_WRITABLE, f"output directory {final.parent} does not exist"
-        )
+            Reason.OUTPUT_NOT_WRITABLE, f"cannot create output directory {final.parent}: {exc}"
+        ) from exc
     if not os.access(final.parent, os.W_OK | os.X_OK):
         raise BadInput(
             Reason.OUTPUT_NOT_WRITABLE, f"output directory {final.parent} is not writable"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import subprocess
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 from tests.cluster.harness.kube import Kube
 from tests.cluster.harness.podspec import (
     VOLUME_MAP_ENV,
+    PathMap,
     PodConfigError,
     command_line,
     container_env,
@@ -31,6 +33,7 @@ RESTART_DELAY = 1.0
 CONFIG_RETRY = 2.0
 # Variables of the agent's own environment that describe the agent, not a container.
 _AGENT_ONLY_ENV = ("KUBECONFIG",)
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _log = logging.getLogger("hyper2kvm.cluster.pod")
 
 
@@ -173,7 +176,38 @@ class PodProcess:
             "HOSTNAME": self.name,
             **env,
             VOLUME_MAP_ENV: table.to_json(),
+            **self._service_account_env(table),
         }
+
+    def _service_account_env(self, table: PathMap) -> dict[str, str]:
+        """KUBECONFIG naming the Pod's own service-account token, when one is mounted.
+
+        In-cluster clients read the token at a fixed path that a process cannot be pointed
+        elsewhere from, and they fall back to $KUBECONFIG: this kubeconfig carries the same
+        projected token and CA, so the Pod talks to the API server as its service account.
+        """
+        token = table.rewrite(f"{SERVICE_ACCOUNT_DIR}/token")
+        if token.startswith(SERVICE_ACCOUNT_DIR):
+            return {}
+        ca = table.rewrite(f"{SERVICE_ACCOUNT_DIR}/ca.crt")
+        host = self.base_env.get("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        port = self.base_env.get("KUBERNETES_SERVICE_PORT", "443")
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "in-cluster",
+                    "cluster": {"server": f"https://{host}:{port}", "certificate-authority": ca},
+                }
+            ],
+            "users": [{"name": "pod", "user": {"tokenFile": token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "in-cluster", "user": "pod"}}],
+            "current-context": "pod",
+        }
+        path = self.directory / "service-account.kubeconfig"
+        path.write_text(json.dumps(config))
+        return {"KUBECONFIG": str(path)}
 
     def _lookup(self, kind: str, namespace: str, name: str) -> Obj | None:
         return self.kube.get_or_none(f"/api/v1/namespaces/{namespace}/{kind}/{name}")

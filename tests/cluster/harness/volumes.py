@@ -2,7 +2,7 @@
 
 hostPath    the same path on this machine (the nodes and the host are one machine)
 PVC         the folder of the bound PersistentVolume (hostPath/local), else
-            <state>/pvc/<namespace>/<claim>
+            <state>/pvc/<namespace>/<claim>; a generic ephemeral volume is its claim
 emptyDir    <pod dir>/volumes/<name>
 configMap, secret, projected (configMap, secret, downwardAPI, serviceAccountToken sources)
             files written into <pod dir>/volumes/<name>, as kubelet would project them
@@ -39,6 +39,11 @@ class Volumes:
                 dirs[name] = self._host_path(volume["hostPath"])
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
+                dirs[name] = str(self._claim_dir(pod["metadata"]["namespace"], claim))
+            elif "ephemeral" in volume:
+                # The ephemeral-volume controller names the claim <pod>-<volume>, and the
+                # scheduler binds the Pod only once that claim is bound.
+                claim = f"{pod['metadata']['name']}-{name}"
                 dirs[name] = str(self._claim_dir(pod["metadata"]["namespace"], claim))
             elif "emptyDir" in volume:
                 local.mkdir(parents=True, exist_ok=True)
