@@ -6,6 +6,8 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from hyper2kvm_operator import policy, status, worker_job, worker_pod
 from hyper2kvm_operator.api import MigrationJobSpec, Phase
 from hyper2kvm_operator.settings import Settings
@@ -224,3 +226,29 @@ def test_fix_options_reach_the_worker_job() -> None:
     assert job.fix.cloud_init is not None and job.fix.cloud_init.user_data == "#cloud-config\n"
     pod = worker_pod.worker_pod(BODY, fix, 1, "n", worker_job.plan("vms/web01", fix), Settings())
     assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "4Gi"
+
+
+def test_scratch_is_a_shared_claim_a_claim_per_pod_or_node_disk() -> None:
+    assert worker_pod.scratch_volume(Settings()) == {"emptyDir": {}}
+    shared = Settings(scratch_claim="scratch", scratch_size="50Gi")
+    assert worker_pod.scratch_volume(shared) == {"persistentVolumeClaim": {"claimName": "scratch"}}
+    own = worker_pod.scratch_volume(Settings(scratch_size="50Gi", scratch_storage_class="nvme"))
+    claim = own["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "50Gi"}},
+        "storageClassName": "nvme",
+    }
+
+
+def test_settings_read_worker_resources_and_node_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYPER2KVM_WORKER_REQUESTS", '{"cpu": "2", "memory": "1Gi"}')
+    monkeypatch.setenv("HYPER2KVM_WORKER_LIMITS", '{"memory": "8Gi"}')
+    monkeypatch.setenv("HYPER2KVM_NODE_LABEL", "example.com/v2v")
+    settings = Settings.from_environment()
+    assert settings.node_label == "example.com/v2v"
+    resources = worker_pod.resources(spec(), settings)
+    assert resources == {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "8Gi"}}
+    monkeypatch.setenv("HYPER2KVM_WORKER_LIMITS", '["8Gi"]')
+    with pytest.raises(ValueError, match="HYPER2KVM_WORKER_LIMITS must be a JSON object"):
+        Settings.from_environment()
