@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[operator,dev]'
 	@touch $@
 
-test: setup lint cluster-binaries ## run the whole test suite
+test: setup lint cluster-binaries chart-tools ## run the whole test suite
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup ## only the pure-logic tests (seconds)
@@ -38,15 +38,16 @@ test-unit: setup ## only the pure-logic tests (seconds)
 test-worker: setup ## the worker against real qemu-img and nbdkit
 	$(PYTHON) -m pytest tests/worker $(PYTEST_ARGS)
 
-test-cluster: setup cluster-binaries ## against a real control plane, or the cluster of KUBECONFIG
+test-cluster: setup cluster-binaries chart-tools ## against a real control plane, or the cluster of KUBECONFIG
 	$(PYTHON) -m pytest tests/cluster $(PYTEST_ARGS)
 
-lint: venv ## ruff, mypy (strict) and the import-layer contracts
+lint: venv chart-tools ## ruff, mypy (strict), import-layer contracts, hadolint, helm lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy worker/hyper2kvm_worker operator/hyper2kvm_operator tests bench
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile.worker Dockerfile.operator
+	"$$(hack/tools/build.sh)/bin/helm" lint --strict --quiet charts/hyper2kvm
 
 crds: venv ## regenerate crds/ from the API models (a test fails when they are stale)
 	$(PYTHON) -m hyper2kvm_operator.crd > crds/migrationjobs.hyper2kvm.io.yaml

@@ -8,7 +8,10 @@ VALUES    ?=
 HELM_ARGS ?=
 OPS       := RELEASE=$(RELEASE) NAMESPACE=$(NAMESPACE) hack/ops.sh
 
-.PHONY: deploy undeploy label-nodes submit job-status job-events logs status capabilities images
+.PHONY: chart-tools deploy undeploy label-nodes submit job-status job-events logs status capabilities images
+
+chart-tools: ## build helm from its Go module and fetch the monitoring CRDs once (cached)
+	@hack/tools/build.sh >/dev/null
 
 deploy: ## helm upgrade --install the chart (RELEASE, NAMESPACE, VALUES=file, HELM_ARGS)
 	@$(OPS) deploy $(if $(VALUES),--values $(VALUES)) $(HELM_ARGS)
