@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,22 @@ def op() -> reconcile.Operator:
     return _OPERATOR
 
 
+def counted(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """Count a job handler's failures in hyper2kvm_reconcile_errors_total; Kopf retries them."""
+
+    @functools.wraps(handler)
+    async def run(**kwargs: Any) -> None:
+        try:
+            await handler(**kwargs)
+        except Exception:
+            metrics = op().metrics
+            if metrics is not None:
+                metrics.reconcile_errors.labels(handler.__name__).inc()
+            raise
+
+    return run
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None:
     global _OPERATOR
@@ -49,6 +66,8 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     metrics = OperatorMetrics(lambda: operator.view)
+    for handler in ("admit", "cancel", "place", "follow"):  # zero series: increase() sees one
+        metrics.reconcile_errors.labels(handler)
     operator = reconcile.Operator(
         settings=config,
         kube=KubeApi(kubernetes.client.ApiClient(), on_write=metrics.api_writes.inc),
@@ -128,6 +147,7 @@ def queued_jobs(body: kopf.Body, **_: Any) -> dict[str, placement.QueuedJob]:
 
 @kopf.on.resume(*JOBS)
 @kopf.on.create(*JOBS)
+@counted
 async def admit(body: kopf.Body, **_: Any) -> None:
     await reconcile.admit(op(), body)
 
@@ -138,6 +158,7 @@ def forget(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.field(*JOBS, field="spec.cancel", new=True)
+@counted
 async def cancel(body: kopf.Body, **_: Any) -> None:
     await reconcile.cancel_queued(op(), body)
 
@@ -147,6 +168,7 @@ def _is_queued(status: kopf.Status, **_: Any) -> bool:
 
 
 @kopf.timer(*JOBS, interval=0.5, when=_is_queued)
+@counted
 async def place(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
     nodes_index: kopf.Index[str, placement.WorkerNode] = kwargs["worker_nodes"]
     pods_index: kopf.Index[str, str] = kwargs["worker_pods"]
@@ -160,5 +182,6 @@ async def place(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
 # One daemon for each job's whole life, not filtered by phase: Kopf never re-spawns a daemon
 # that returned, and one stopped by a filter may miss the next attempt's quick restart.
 @kopf.daemon(*JOBS, cancellation_timeout=10.0)
+@counted
 async def follow(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
     await reconcile.follow(op(), body, stopped, logger)

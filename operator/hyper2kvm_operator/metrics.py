@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -18,6 +19,11 @@ class JobView:
     progress: float = 0.0  # 0..1
     throughput: float = 0.0  # bytes/s
     node: str | None = None
+    # Unix time the job entered `phase`: "stuck" alerts compare it with the current time.
+    phase_since: float = field(default_factory=time.time)
+
+
+_FINISHED = (Phase.SUCCEEDED.value, Phase.FAILED.value, Phase.CANCELLED.value)
 
 
 @dataclass
@@ -55,6 +61,16 @@ class _StateCollector(Collector):
                 rate.add_metric([namespace, name, job.node or ""], job.throughput)
         yield progress
         yield rate
+        since = GaugeMetricFamily(
+            "hyper2kvm_job_phase_since_timestamp_seconds",
+            "Unix time an unfinished job entered its current phase.",
+            labels=["namespace", "job", "phase"],
+        )
+        for key, job in sorted(now.jobs.items()):
+            if job.phase not in _FINISHED:
+                namespace, name = key.split("/", 1)
+                since.add_metric([namespace, name, job.phase], job.phase_since)
+        yield since
         slots = GaugeMetricFamily("hyper2kvm_node_slots", "Worker slots per node.", labels=["node"])
         busy = GaugeMetricFamily(
             "hyper2kvm_node_active_workers", "Worker Pods running per node.", labels=["node"]
@@ -91,3 +107,6 @@ class OperatorMetrics:
         self.outcomes = Counter(
             "hyper2kvm_job_outcomes", "Finished jobs by phase.", ["phase"], registry=self.registry
         )
+        # Exposed at 0 from the start: increase() then also sees a process's first outcome.
+        for phase in _FINISHED:
+            self.outcomes.labels(phase)

@@ -74,10 +74,24 @@ class Operator:
     def now(self) -> str:
         return policy.format_time(self.clock())
 
-    def record(self, key: str, phase: Phase, node: str | None = None) -> None:
-        job = self.view.jobs.setdefault(key, JobView(phase=phase.value))
+    def record(
+        self, key: str, phase: Phase, node: str | None = None, since: datetime | None = None
+    ) -> None:
+        """Mirror a job's phase into the metrics view.
+
+        Called after this process wrote a transition (`move`) and when a job is first seen
+        (`admit`, also on resume). An outcome is counted only for a transition written here:
+        a restart re-reading finished jobs must not count them again.
+        """
+        job = self.view.jobs.get(key)
+        wrote = (self.written.get(key) or {}).get("phase") == phase.value
+        changed = job is None or job.phase != phase.value
+        if job is None:
+            job = self.view.jobs[key] = JobView(phase=phase.value)
+        if changed:
+            job.phase_since = (since or self.clock()).timestamp()
         job.phase, job.node = phase.value, node or job.node
-        if phase in status.TERMINAL and self.metrics is not None:
+        if changed and wrote and phase in status.TERMINAL and self.metrics is not None:
             self.metrics.outcomes.labels(phase.value).inc()
 
 
@@ -125,7 +139,11 @@ async def admit(op: Operator, body: Body) -> None:
     """A new (or not yet admitted) job enters the queue."""
     phase = phase_of(op, body)
     if phase is not None:
-        op.record(key_of(body), phase, current_status(op, body).get("node"))
+        # On resume the phase began when the history says, not now: "stuck" alerts stay true.
+        current = current_status(op, body)
+        entered = [h["time"] for h in current.get("history") or [] if h.get("phase") == phase]
+        since = policy.parse_time(entered[-1]) if entered else None
+        op.record(key_of(body), phase, current.get("node"), since)
         return
     if body["spec"].get("cancel"):
         await move(op, body, Phase.CANCELLED, cond.CANCELLED, "cancelled before it started")
@@ -216,7 +234,7 @@ async def place_if_first(
     if target is None:
         mine = next((job for job in queue if job.key == key), None)
         if mine is not None and (mine.not_before is None or mine.not_before <= now):
-            why = placement.why_waiting(mine, nodes)
+            why = placement.why_waiting(mine, nodes, op.settings.node_label)
             if state.get("message") != why and state.get("reason") != cond.RETRYING:
                 await move(op, body, Phase.QUEUED, cond.NO_CAPACITY, why)
         return
@@ -414,7 +432,13 @@ async def finish(
     if outcome is policy.Outcome.SUCCEEDED:
         await move(op, body, Phase.SUCCEEDED, cond.COMPLETED, "all disks done", **fields)
         attempt = current_status(op, body).get("attempt")
-        kopf.info(_event_target(body), reason="Succeeded", message=f"attempt {attempt} succeeded")
+        # kopf.info() would be dropped: posting.level keeps handler logs out of Events.
+        kopf.event(
+            _event_target(body),
+            type="Normal",
+            reason="Succeeded",
+            message=f"attempt {attempt} succeeded",
+        )
     elif outcome is policy.Outcome.PERMANENT:
         await move(op, body, Phase.FAILED, reason, message, **fields)
         kopf.warn(_event_target(body), reason=reason, message=message)

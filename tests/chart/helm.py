@@ -1,0 +1,37 @@
+"""The helm binary built by hack/tools/build.sh, and chart renders as parsed objects."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "hyper2kvm"
+
+
+@functools.cache
+def helm_binary() -> Path:
+    """helm from its Go module; the build script returns at once once it is cached."""
+    done = subprocess.run(
+        [str(ROOT / "hack" / "tools" / "build.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
+    return Path(done.stdout.strip().splitlines()[-1]) / "bin" / "helm"
+
+
+def render(*set_args: str) -> list[dict[str, Any]]:
+    """`helm template test` of the chart in hyper2kvm-system, with each argument as --set."""
+    argv = [str(helm_binary()), "template", "test", str(CHART), "--namespace", "hyper2kvm-system"]
+    for value in set_args:
+        argv += ["--set", value]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    if done.returncode != 0:
+        raise AssertionError(f"helm template failed:\n{done.stderr}")
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc is not None]
