@@ -185,3 +185,12 @@ def test_printer_columns(crd: None, cluster: Cluster, namespace: str) -> None:
     wide = kubectl(cluster, "get", "-n", namespace, "mj", "-o", "wide").stdout.splitlines()[0]
     assert narrow.split() == ["NAME", "OPERATION", "PHASE", "PROGRESS", "NODE", "AGE"]
     assert wide.split()[-3:] == ["THROUGHPUT", "ETA", "ATTEMPT"]
+
+
+def test_example_jobs_are_accepted_by_the_api_server(
+    crd: None, cluster: Cluster, namespace: str
+) -> None:
+    examples = REPO / "examples" / "argocd" / "migrationjobs"
+    done = kubectl(cluster, "apply", "-n", namespace, "--dry-run=server", "-f", str(examples))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("(server dry run)") == len(list(examples.glob("*.yaml")))
