@@ -5,8 +5,11 @@ Every wait is on a condition with a deadline; no test asserts on timing.
 
 from __future__ import annotations
 
+import http.client
 import json
 import queue
+import re
+import ssl
 import subprocess
 import threading
 from pathlib import Path
@@ -16,6 +19,7 @@ import pytest
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
 from tests.cluster.conftest import Cluster
+from tests.cluster.harness.node_agent import NodeAgent
 from tests.cluster.harness.processes import wait_until
 
 Obj = dict[str, Any]
@@ -467,3 +471,166 @@ def test_local_control_plane_runs_the_pinned_release(cluster: Cluster) -> None:
         if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
     }
     assert set(cluster.nodes) <= ready
+
+
+# -- kubectl logs (the node agent's kubelet endpoint) -----------------------------------------
+
+
+def require_kubelet_endpoint(cluster: Cluster) -> NodeAgent:
+    agent = cluster.require_agent()
+    if not cluster.local:
+        pytest.skip("the API server of an existing cluster cannot reach the agent on 127.0.0.1")
+    return agent
+
+
+def test_kubectl_logs_returns_the_containers_output(cluster: Cluster, namespace: str) -> None:
+    require_kubelet_endpoint(cluster)
+    pod = shell_pod(
+        "printer",
+        "echo alpha; echo beta >&2; echo gamma",
+        metadata={"labels": {"app": "printer"}},
+        nodeSelector=cluster.selector,
+    )
+    cluster.kube.create(pod_path(namespace), pod)
+    wait_pod(cluster, namespace, "printer", "Succeeded")
+
+    logs = kubectl(cluster, "logs", "-n", namespace, "printer")
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout == "alpha\nbeta\ngamma\n"
+
+    tail = kubectl(cluster, "logs", "-n", namespace, "printer", "--tail=1")
+    assert tail.returncode == 0, tail.stderr
+    assert tail.stdout == "gamma\n"
+
+    stamped = kubectl(cluster, "logs", "-n", namespace, "pod/printer", "--timestamps")
+    assert stamped.returncode == 0, stamped.stderr
+    lines = stamped.stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["alpha", "beta", "gamma"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", line.split(" ")[0])
+               for line in lines)  # fmt: skip
+
+    selected = kubectl(cluster, "logs", "-n", namespace, "-l", "app=printer", "--prefix")
+    assert selected.returncode == 0, selected.stderr
+    assert selected.stdout.splitlines() == [
+        f"[pod/printer/main] {word}" for word in ("alpha", "beta", "gamma")
+    ]
+
+    limited = kubectl(cluster, "logs", "-n", namespace, "printer", "--limit-bytes=8")
+    assert limited.returncode == 0, limited.stderr
+    assert limited.stdout == "alpha\nbe"
+
+
+def test_kubectl_logs_follow_streams_until_the_process_exits(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    require_kubelet_endpoint(cluster)
+    # Five lines, then a wait for the test's go-ahead, then five more and the exit: the first
+    # half is seen while the process still runs, whenever kubectl got there.
+    script = (
+        'for i in 1 2 3 4 5 6 7 8 9 10; do echo "line $i"; '
+        'if [ "$i" = 5 ]; then while [ ! -e "$1/go" ]; do sleep 0.1; done; fi; '
+        "sleep 0.2; done"
+    )
+    pod = shell_pod(
+        "ticker",
+        script,
+        nodeSelector=cluster.selector,
+        volumes=[{"name": "gate", "hostPath": {"path": str(tmp_path), "type": "Directory"}}],
+        container={
+            "args": ["sh", "/gate"],
+            "volumeMounts": [{"name": "gate", "mountPath": "/gate"}],
+        },
+    )
+    created = cluster.kube.create(pod_path(namespace), pod)
+    wait_pod(cluster, namespace, "ticker", "Running")
+
+    follow = subprocess.Popen(
+        ["kubectl", "logs", "-f", "-n", namespace, "ticker"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cluster.kubectl_env(),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert follow.stdout is not None
+    threading.Thread(target=_pump, args=(follow.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+
+    def saw(line: str) -> bool:
+        while not lines.empty():
+            seen.append(lines.get_nowait())
+        return line in seen
+
+    try:
+        wait_until(lambda: saw("line 5"), timeout=60, what="kubectl logs -f to stream line 5")
+        assert cluster.agent is not None
+        assert cluster.agent.is_running(created["metadata"]["uid"])
+        (tmp_path / "go").touch()
+        # kubectl ends by itself once the process has exited and its output is sent.
+        assert follow.wait(timeout=60) == 0, follow.stderr.read() if follow.stderr else ""
+    finally:
+        if follow.poll() is None:
+            follow.terminate()
+            follow.wait(timeout=30)
+    saw("")
+    assert seen == [f"line {i}" for i in range(1, 11)]
+    wait_pod(cluster, namespace, "ticker", "Succeeded")
+
+
+def test_kubectl_logs_of_a_container_that_does_not_run_fails_clearly(
+    cluster: Cluster, namespace: str
+) -> None:
+    require_kubelet_endpoint(cluster)
+    pod = shell_pod("pair", "echo from-main", nodeSelector=cluster.selector)
+    pod["spec"]["containers"].append(
+        {"name": "sidecar", "image": "local/shell", "command": ["sleep", "600"]}
+    )
+    cluster.kube.create(pod_path(namespace), pod)
+    wait_pod(cluster, namespace, "pair", "Succeeded")
+
+    main = kubectl(cluster, "logs", "-n", namespace, "pair", "-c", "main")
+    assert main.returncode == 0, main.stderr
+    assert main.stdout == "from-main\n"
+
+    # Not in the Pod at all: the API server refuses before asking the node.
+    unknown = kubectl(cluster, "logs", "-n", namespace, "pair", "-c", "nope")
+    assert unknown.returncode != 0
+    assert "container nope is not valid for pod pair" in unknown.stderr
+
+    # In the Pod, but the agent runs only the first container: its kubelet endpoint says so.
+    sidecar = kubectl(cluster, "logs", "-n", namespace, "pair", "-c", "sidecar")
+    assert sidecar.returncode != 0
+    assert "BadRequest" in sidecar.stderr
+    assert 'container "sidecar" in pod' in sidecar.stderr
+    assert 'runs only the first container, "main"' in sidecar.stderr
+
+
+def test_kubelet_endpoint_is_advertised_and_answers_only_what_it_serves(
+    cluster: Cluster,
+) -> None:
+    agent = cluster.require_agent()
+    port = agent.kubelet.port
+    for name in cluster.nodes:
+        node = cluster.kube.get(f"/api/v1/nodes/{name}")
+        assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == port
+        addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+        assert addresses["InternalIP"] == "127.0.0.1"
+
+    def get(path: str) -> tuple[int, str]:
+        # The endpoint's certificate is self-signed, as an unbootstrapped kubelet's is.
+        context = ssl._create_unverified_context()  # noqa: S323 - loopback test endpoint
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    assert get("/healthz") == (200, "ok\n")
+    status, body = get("/containerLogs/no-such-namespace/no-such-pod/main")
+    assert status == 404
+    assert 'pod "no-such-namespace/no-such-pod" is not run by the test node agent' in body
+    status, body = get("/exec/no-such-namespace/no-such-pod/main?command=ls")
+    assert status == 404
+    assert "no exec" in body

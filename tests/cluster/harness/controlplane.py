@@ -192,6 +192,10 @@ class ControlPlane:
                 # The endpoint reconciler refuses loopback addresses; nothing here needs the
                 # endpoints of the "kubernetes" Service (pods get the real address in env).
                 "--endpoint-reconciler-type=none",
+                # Node names do not resolve; the node agent's kubelet endpoint (kubectl logs)
+                # is at the InternalIP 127.0.0.1 each Node reports. The endpoint's certificate
+                # is self-signed: without --kubelet-certificate-authority it is not verified.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
             ],
         )
         self._wait("kube-apiserver", lambda: self._api_get("/readyz") == "ok")

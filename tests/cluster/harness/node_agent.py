@@ -11,6 +11,9 @@ stdout and stderr go to <container>.log in the pod directory; the termination-me
 <container>.termination-log there and its content ends up in the terminated container state.
 Deleting a Pod sends SIGTERM to the group, then SIGKILL after the grace period, and the Pod
 object is removed with grace 0 afterwards, as kubelet does.
+
+The Nodes advertise 127.0.0.1 and the port of the agent's kubelet endpoint (kubelet_server.py),
+so `kubectl logs` reaches those log files through the API server.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from kubernetes import client as k8s_client
 from tests.cluster.harness.kube import MERGE, Kube, KubeError, list_and_watch
+from tests.cluster.harness.kubelet_server import ContainerLog, KubeletServer
 from tests.cluster.harness.pod_process import PodProcess, now, now_micro
 from tests.cluster.harness.provisioner import HostFolderProvisioner
 from tests.cluster.harness.volumes import Volumes
@@ -61,6 +65,9 @@ class NodeAgent:
         self.heartbeat_seconds = heartbeat_seconds
         self.provisioner = HostFolderProvisioner(self.kube, self.state_dir / "pvc")
         self.volumes = Volumes(self.kube, self.state_dir / "pvc")
+        self.kubelet = KubeletServer(
+            self.container_log, self.state_dir / "kubelet", names=self.nodes
+        )
         host = urllib.parse.urlsplit(api_client.configuration.host)
         self._api_env = {
             "KUBERNETES_SERVICE_HOST": host.hostname or "127.0.0.1",
@@ -92,9 +99,14 @@ class NodeAgent:
 
     def start(self) -> None:
         version = self.kube.get("/version").get("gitVersion", "unknown")
-        for name in self.nodes:
-            self._register(name, version)
-            self._renew_lease(name)
+        self.kubelet.start()
+        try:
+            for name in self.nodes:
+                self._register(name, version)
+                self._renew_lease(name)
+        except BaseException:
+            self.kubelet.stop()
+            raise
         self.provisioner.ensure_storage_class(default=self.default_storage_class)
         loops = {
             "heartbeat": self._heartbeat_loop,
@@ -130,6 +142,7 @@ class NodeAgent:
         for thread in self._threads:
             thread.join(timeout=15)
         self._threads.clear()
+        self.kubelet.stop()
         if self.remove_nodes_on_stop:
             for name in self.nodes:
                 try:
@@ -146,6 +159,19 @@ class NodeAgent:
 
     def pod_dir(self, namespace: str, name: str, uid: str) -> Path:
         return self.state_dir / "pods" / f"{namespace}_{name}_{uid[:8]}"
+
+    def container_log(self, namespace: str, name: str) -> ContainerLog | None:
+        """The log of the Pod ``namespace/name`` this agent runs (the kubelet endpoint's view).
+
+        Of two Pods with that name (one being deleted, its successor), the live one wins,
+        else the newer.
+        """
+        with self._lock:
+            found = [p for p in self._pods.values() if (p.namespace, p.name) == (namespace, name)]
+        if not found:
+            return None
+        process = next((p for p in reversed(found) if p.alive()), found[-1])
+        return ContainerLog(process.cname, process.log_file, process.alive)
 
     @staticmethod
     def _warn(exc: BaseException) -> None:
@@ -190,10 +216,13 @@ class NodeAgent:
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure", ""),
                 condition("PIDPressure", "False", "KubeletHasSufficientPID", ""),
             ],
+            # The API server reaches the kubelet endpoint here (it prefers InternalIP: see
+            # --kubelet-preferred-address-types in controlplane.py).
             "addresses": [
                 {"type": "InternalIP", "address": "127.0.0.1"},
                 {"type": "Hostname", "address": name},
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet.port}},
             "nodeInfo": {
                 "machineID": name,
                 "systemUUID": node["metadata"]["uid"],

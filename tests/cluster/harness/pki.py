@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,28 @@ def _client(directory: Path, name: str, ca: KeyPair, subject: str) -> KeyPair:
         "extendedKeyUsage=clientAuth\n"
     )
     return _leaf(directory, name, ca, subject, ext)
+
+
+def self_signed_serving_pair(
+    directory: Path, name: str, *, subject: str, sans: Sequence[str]
+) -> KeyPair:
+    """A serving certificate signed by its own key, for a server nobody verifies.
+
+    The test node agent's kubelet endpoint uses one: the API server only checks a kubelet's
+    certificate when it has --kubelet-certificate-authority, which the local one has not.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    pair = KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
+    _openssl(
+        "req", "-x509", *_EC, "-keyout", str(pair.key), "-out", str(pair.cert),
+        "-days", _DAYS, "-subj", subject,
+        "-addext", "basicConstraints=critical,CA:FALSE",
+        "-addext", "keyUsage=critical,digitalSignature,keyEncipherment",
+        "-addext", "extendedKeyUsage=serverAuth",
+        "-addext", f"subjectAltName={','.join(sans)}",
+    )  # fmt: skip
+    pair.key.chmod(0o600)
+    return pair
 
 
 def make_pki(directory: Path, *, service_ip: str) -> Pki:
