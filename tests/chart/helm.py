@@ -11,6 +11,18 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "hyper2kvm"
+# Every optional part of the chart switched on.
+ALL_ON = (
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+    "grafana.dashboard.enabled=true",
+    "storage.input.create=true",
+    "storage.output.create=true",
+    "storage.scratch.enabled=true",
+    "storage.scratch.storageClassName=fast-local",
+    "worker.offlineFix.allowPrivileged=true",
+    "operator.verbose=true",
+)
 
 
 @functools.cache

@@ -13,22 +13,11 @@ import pytest
 import yaml
 
 from hyper2kvm_operator.settings import Settings
-from tests.chart.helm import helm_binary, render
+from tests.chart.helm import ALL_ON, helm_binary, render
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "hyper2kvm"
 
-ALL_ON = (
-    "metrics.serviceMonitor.enabled=true",
-    "metrics.prometheusRule.enabled=true",
-    "grafana.dashboard.enabled=true",
-    "storage.input.create=true",
-    "storage.output.create=true",
-    "storage.scratch.enabled=true",
-    "storage.scratch.storageClassName=fast-local",
-    "worker.offlineFix.allowPrivileged=true",
-    "operator.verbose=true",
-)
 NAMESPACED = ("operator.watchNamespaces={migrations,staging}",)
 EXISTING_CLAIMS = (
     "storage.input.existingClaim=vmware-exports",

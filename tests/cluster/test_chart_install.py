@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.chart.helm import helm_binary
+from tests.chart.helm import ALL_ON, helm_binary
 from tests.cluster.conftest import Cluster
 from tests.cluster.harness.processes import wait_until
 from tests.cluster.operator_process import free_port
@@ -139,14 +139,7 @@ def test_rendered_manifests_pass_server_side_strict_validation(
     for name in (namespace, *watched):
         cluster.kube.create("/api/v1/namespaces", {"metadata": {"name": name}})
     variants = {
-        "all-on": [
-            "metrics.serviceMonitor.enabled=true",
-            "metrics.prometheusRule.enabled=true",
-            "grafana.dashboard.enabled=true",
-            "storage.input.create=true",
-            "storage.output.create=true",
-            "storage.scratch.enabled=true",
-        ],
+        "all-on": list(ALL_ON),
         "namespaced": [f"operator.watchNamespaces={{{','.join(watched)}}}"],
     }
     try:

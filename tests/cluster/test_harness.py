@@ -412,6 +412,41 @@ def _pump(stream: IO[str], lines: queue.Queue[str]) -> None:
         lines.put(line.rstrip("\n"))
 
 
+class KubectlStream:
+    """A long-running kubectl (`get -w`, `logs -f`) whose output lines arrive as it runs."""
+
+    def __init__(self, cluster: Cluster, *args: str) -> None:
+        self.process = subprocess.Popen(
+            ["kubectl", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cluster.kubectl_env(),
+        )
+        self._arrived: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        assert self.process.stdout is not None
+        self._pump = threading.Thread(
+            target=_pump, args=(self.process.stdout, self._arrived), daemon=True
+        )
+        self._pump.start()
+
+    def lines(self) -> list[str]:
+        while not self._arrived.empty():
+            self.seen.append(self._arrived.get_nowait())
+        return self.seen
+
+    def all_lines(self) -> list[str]:
+        """Every line, once the process has ended and its output is read to the end."""
+        self._pump.join(timeout=30)
+        return self.lines()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
 def test_kubectl_watch_streams_pod_changes(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
@@ -431,21 +466,10 @@ def test_kubectl_watch_streams_pod_changes(
     cluster.kube.create(pod_path(namespace), pod)
     wait_pod(cluster, namespace, "watched", "Running")
 
-    watch = subprocess.Popen(
-        ["kubectl", "get", "pods", "-n", namespace, "-w", "--no-headers"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=cluster.kubectl_env(),
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert watch.stdout is not None
-    threading.Thread(target=_pump, args=(watch.stdout, lines), daemon=True).start()
-    seen: list[str] = []
+    watch = KubectlStream(cluster, "get", "pods", "-n", namespace, "-w", "--no-headers")
 
     def saw(status: str) -> bool:
-        while not lines.empty():
-            seen.append(lines.get_nowait())
+        seen = watch.lines()
         return any(line.split()[:3] == ["watched", "1/1" if status == "Running" else "0/1",
                                         status] for line in seen if line.strip())  # fmt: skip
 
@@ -454,8 +478,7 @@ def test_kubectl_watch_streams_pod_changes(
         (tmp_path / "go").touch()
         wait_until(lambda: saw("Completed"), timeout=60, what="kubectl -w to stream Completed")
     finally:
-        watch.terminate()
-        watch.wait(timeout=30)
+        watch.stop()
 
 
 def test_local_control_plane_runs_the_pinned_release(cluster: Cluster) -> None:
@@ -544,36 +567,21 @@ def test_kubectl_logs_follow_streams_until_the_process_exits(
     created = cluster.kube.create(pod_path(namespace), pod)
     wait_pod(cluster, namespace, "ticker", "Running")
 
-    follow = subprocess.Popen(
-        ["kubectl", "logs", "-f", "-n", namespace, "ticker"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cluster.kubectl_env(),
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert follow.stdout is not None
-    threading.Thread(target=_pump, args=(follow.stdout, lines), daemon=True).start()
-    seen: list[str] = []
-
-    def saw(line: str) -> bool:
-        while not lines.empty():
-            seen.append(lines.get_nowait())
-        return line in seen
+    follow = KubectlStream(cluster, "logs", "-f", "-n", namespace, "ticker")
 
     try:
-        wait_until(lambda: saw("line 5"), timeout=60, what="kubectl logs -f to stream line 5")
+        wait_until(
+            lambda: "line 5" in follow.lines(), timeout=60, what="kubectl logs -f to stream line 5"
+        )
         assert cluster.agent is not None
         assert cluster.agent.is_running(created["metadata"]["uid"])
         (tmp_path / "go").touch()
         # kubectl ends by itself once the process has exited and its output is sent.
-        assert follow.wait(timeout=60) == 0, follow.stderr.read() if follow.stderr else ""
+        stderr = follow.process.stderr
+        assert follow.process.wait(timeout=60) == 0, stderr.read() if stderr else ""
     finally:
-        if follow.poll() is None:
-            follow.terminate()
-            follow.wait(timeout=30)
-    saw("")
-    assert seen == [f"line {i}" for i in range(1, 11)]
+        follow.stop()
+    assert follow.all_lines() == [f"line {i}" for i in range(1, 11)]
     wait_pod(cluster, namespace, "ticker", "Succeeded")
 
 
