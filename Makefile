@@ -49,8 +49,9 @@ lint: venv chart-tools ## ruff, mypy (strict), import-layer contracts, hadolint,
 	$(VENV)/bin/hadolint Dockerfile.worker Dockerfile.operator
 	"$$(hack/tools/build.sh)/bin/helm" lint --strict --quiet charts/hyper2kvm
 
-crds: venv ## regenerate crds/ from the API models (a test fails when they are stale)
+crds: venv ## regenerate crds/ (and the chart's copy) from the API models; tests catch stale ones
 	$(PYTHON) -m hyper2kvm_operator.crd > crds/migrationjobs.hyper2kvm.io.yaml
+	cp crds/*.yaml charts/hyper2kvm/crds/
 
 bench: setup cluster-binaries ## benchmarks: conversion against qemu-img and cp; the operator under load
 	$(PYTHON) bench/convert_bench.py

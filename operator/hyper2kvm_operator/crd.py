@@ -91,7 +91,15 @@ def crd_manifest() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}"},
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            # Deleting the CRD deletes every MigrationJob and, through them, running workers:
+            # GitOps tools (Argo CD, and Helm for chart-managed copies) must never prune it.
+            "annotations": {
+                "argocd.argoproj.io/sync-options": "Delete=false,ServerSideApply=true",
+                "helm.sh/resource-policy": "keep",
+            },
+        },
         "spec": {
             "group": api.GROUP,
             "scope": "Namespaced",

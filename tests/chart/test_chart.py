@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,9 +60,23 @@ def test_defaults_render_the_operator_and_nothing_optional() -> None:
         "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
         "Service",
         "ServiceAccount",
     ]
+
+
+def test_a_single_replica_has_no_disruption_budget() -> None:
+    assert "PodDisruptionBudget" not in kinds(render("operator.replicas=1"))
+
+
+def test_templates_use_nothing_that_changes_between_renders() -> None:
+    """Argo CD re-renders on every sync: time, randomness or cluster lookups would drift."""
+    unstable = re.compile(r"\b(now|date\w*|rand\w*|uuidv4|gen[A-Z]\w*|lookup)\b")
+    for template in (CHART / "templates").iterdir():
+        for action in re.findall(r"{{(.*?)}}", template.read_text(), re.DOTALL):
+            if not action.lstrip("- ").startswith("/*"):
+                assert not unstable.search(action), (template.name, action)
 
 
 def test_every_toggle_on_adds_its_objects() -> None:

@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class Release:
     namespace: str
     account: str
     notes: str
+    install: list[str]  # the helm arguments it was installed with
 
     @property
     def user(self) -> str:
@@ -72,8 +74,7 @@ def release(cluster: Cluster) -> Iterator[Release]:
     path = os.environ["PATH"]
     os.environ["PATH"] = f"{BIN}{os.pathsep}{path}"
     try:
-        installed = helm(
-            cluster,
+        install = [
             "upgrade", "--install", RELEASE, str(CHART),
             "--namespace", namespace, "--create-namespace", "--wait", "--timeout", "3m",
             "--set", "operator.replicas=1",
@@ -88,12 +89,22 @@ def release(cluster: Cluster) -> Iterator[Release]:
             "--set", "storage.output.size=1Gi",
             "--set", "storage.scratch.enabled=true",
             "--set", "storage.scratch.size=1Gi",
-        )  # fmt: skip
-        yield Release(namespace, FULLNAME, installed.split("NOTES:", 1)[-1])
+        ]  # fmt: skip
+        installed = helm(cluster, *install)
+        yield Release(namespace, FULLNAME, installed.split("NOTES:", 1)[-1], install)
         helm(cluster, "uninstall", RELEASE, "--namespace", namespace, "--wait")
     finally:
         os.environ["PATH"] = path
         cluster.kube.delete(f"/api/v1/namespaces/{namespace}")
+
+
+def operator_pod(cluster: Cluster, release: Release) -> dict[str, Any]:
+    pods = cluster.kube.get(
+        f"/api/v1/namespaces/{release.namespace}/pods",
+        labelSelector=f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator",
+    )["items"]
+    assert len(pods) == 1
+    return dict(pods[0])
 
 
 def claim_dir(cluster: Cluster, namespace: str, claim: str) -> Path:
@@ -107,12 +118,7 @@ def claim_dir(cluster: Cluster, namespace: str, claim: str) -> Path:
 
 
 def operator_log(cluster: Cluster, release: Release) -> str:
-    pods = cluster.kube.get(
-        f"/api/v1/namespaces/{release.namespace}/pods",
-        labelSelector=f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator",
-    )["items"]
-    assert len(pods) == 1
-    meta = pods[0]["metadata"]
+    meta = operator_pod(cluster, release)["metadata"]
     directory = cluster.require_agent().pod_dir(meta["namespace"], meta["name"], meta["uid"])
     return (directory / "operator.log").read_text(errors="replace")
 
@@ -286,3 +292,42 @@ def test_notes_tell_how_to_label_nodes_and_submit_a_job(release: Release) -> Non
     manifest = release.notes.split("kubectl apply -f -\n", 1)[1].split("     YAML", 1)[0]
     job = yaml.safe_load("\n".join(line[5:] for line in manifest.splitlines()))
     MigrationJobSpec.model_validate(job["spec"])
+
+
+def test_probes_answer_where_the_deployment_points_them(cluster: Cluster, release: Release) -> None:
+    """A probe on the wrong port or path would have the operator restarted forever."""
+    pod = operator_pod(cluster, release)
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        url = f"http://{pod['status']['podIP']}:{ports[get['port']]}{get['path']}"
+
+        def answers(url: str = url) -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_until(answers, timeout=60, what=f"{probe} at {url}")
+
+
+def test_upgrading_with_the_same_values_changes_nothing(cluster: Cluster, release: Release) -> None:
+    def versions() -> dict[str, int]:
+        found = {}
+        for kind in ("deployments.apps", "services", "serviceaccounts", "persistentvolumeclaims"):
+            listed = yaml.safe_load(
+                kubectl(cluster, "get", kind, "-n", release.namespace, "-o", "yaml")
+            )
+            for item in listed["items"]:
+                meta = item["metadata"]
+                # generation counts spec changes only: a controller's status write is no drift
+                found[f"{kind}/{meta['name']}"] = int(
+                    meta.get("generation") or meta["resourceVersion"]
+                )
+        return found
+
+    before = versions()
+    helm(cluster, *release.install)
+    assert versions() == before
