@@ -57,7 +57,7 @@ bench: setup cluster-binaries ## benchmarks: conversion against qemu-img and cp;
 	$(PYTHON) bench/convert_bench.py
 	$(PYTHON) bench/operator_bench.py
 
-demo: setup ## convert a generated VMDK end to end and show the result
+demo: setup cluster-binaries chart-tools ## convert a generated VMDK end to end, then through the chart-installed operator
 	@hack/demo.sh
 
 clean: ## remove the virtualenv and caches inside the clone

@@ -59,26 +59,22 @@ python3 -m json.tool "$demo/result.json"
 
 rm -rf "$demo/rootfs" "$demo/root.ext4" "$demo/root.swap"
 
-say "7. The operator: a local control plane (built once, cached), the CRD, one MigrationJob"
+say "7. The operator, installed with its Helm chart on a local control plane (built once, cached)"
 state="$PWD/$demo/cluster"
 cleanup() {
-    [ -n "${operator_pid:-}" ] && kill "$operator_pid" 2>/dev/null && wait "$operator_pid" 2>/dev/null
     hack/cluster.sh down "$state" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+# The test node agent runs each Pod's command as a local process (there is no container
+# runtime here): the operator and worker commands come from the virtualenv, as from images.
+export PATH="$PWD/.venv/bin:$PATH"
 export KUBECONFIG
 KUBECONFIG="$(hack/cluster.sh up "$state")"
-kubectl get nodes -L hyper2kvm.io/worker
-kubectl apply -f crds/ >/dev/null
-kubectl wait --for=condition=Established crd/migrationjobs.hyper2kvm.io >/dev/null
-kubectl apply -f - >/dev/null <<PEERING
-apiVersion: kopf.dev/v1
-kind: ClusterKopfPeering
-metadata: {name: hyper2kvm}
-PEERING
-HYPER2KVM_WORKER_COMMAND="$PWD/$worker" HYPER2KVM_METRICS_PORT=0 \
-    .venv/bin/hyper2kvm-operator --liveness "" > "$demo/operator.log" 2>&1 &
-operator_pid=$!
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+make -s deploy NAMESPACE=hyper2kvm-system HELM_ARGS="--set operator.replicas=1 \
+    --set metrics.port=$(free_port) --set operator.livenessPort=$(free_port)" | sed '/^2\./,$d'
+make -s label-nodes NODES="$(kubectl get nodes -o jsonpath='{.items[*].metadata.name}')" >/dev/null
+make -s status NAMESPACE=hyper2kvm-system
 mkdir -p "$demo/kvm-cluster"
 cat > "$demo/migrationjob.yaml" <<MJ
 apiVersion: hyper2kvm.io/v1alpha1
@@ -97,15 +93,11 @@ spec:
         path: web01.qcow2
 MJ
 cat "$demo/migrationjob.yaml"
-kubectl apply -f "$demo/migrationjob.yaml"
-kubectl get migrationjobs -o wide -w &
-watch_pid=$!
-kubectl wait --for=jsonpath='{.status.phase}'=Succeeded mj/web01 --timeout=300s >/dev/null \
-    || { kill "$watch_pid"; echo "the job did not succeed; see $demo/operator.log"; exit 1; }
-sleep 1
-kill "$watch_pid" 2>/dev/null || true
+make -s submit JOB="$demo/migrationjob.yaml" \
+    || { echo "the job did not succeed; see: make logs NAMESPACE=hyper2kvm-system"; exit 1; }
 echo
 kubectl get mj web01 -o jsonpath='{range .status.history[*]}{.time}  {.phase}{"\n"}{end}'
 kubectl get mj web01 -o jsonpath='digest: {.status.disks[0].digest}{"\n"}'
 qemu-img compare -f raw -F qcow2 "$raw" "$demo/kvm-cluster/web01.qcow2"
+make -s job-events JOB=web01 NS=default
 say "Done: outputs are in $demo/kvm and $demo/kvm-cluster"
