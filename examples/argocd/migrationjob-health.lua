@@ -91,21 +91,16 @@ if phase == nil then
   return hs
 end
 
-if phase == "Succeeded" then
-  hs.status = "Healthy"
-  hs.message = headline(phase, reason, message or "all disks done")
-  return hs
-end
-
-if phase == "Failed" then
-  hs.status = "Degraded"
-  hs.message = headline(phase, reason, message)
-  return hs
-end
-
-if phase == "Cancelled" then
-  hs.status = "Degraded"
-  hs.message = headline(phase, reason, message or "the job was cancelled")
+-- Finished phases: their health, and the message when the operator gave none.
+local FINISHED = {
+  Succeeded = {health = "Healthy", fallback = "all disks done"},
+  Failed = {health = "Degraded"},
+  Cancelled = {health = "Degraded", fallback = "the job was cancelled"},
+}
+local finished = FINISHED[phase]
+if finished ~= nil then
+  hs.status = finished.health
+  hs.message = headline(phase, reason, message or finished.fallback)
   return hs
 end
 
