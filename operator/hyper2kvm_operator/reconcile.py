@@ -179,17 +179,22 @@ def queue_entry(body: Body) -> placement.QueuedJob | None:
 
 def _plan(
     op: Operator,
-    runnable: list[placement.QueuedJob],
+    runnable: Callable[[], list[placement.QueuedJob]],
     nodes: list[placement.WorkerNode],
     pods: dict[str, set[str]],
 ) -> dict[str, placement.WorkerNode]:
-    """Job -> node for every job that can start now (shared by all the queued jobs' timers)."""
+    """Job -> node for every job that can start now (shared by all the queued jobs' timers).
+
+    `runnable` is called only when the plan is recomputed: every queued job's timer asks,
+    and walking the whole queue for each would cost queue length squared per tick.
+    """
     moment = time.monotonic()
     cached = op.plan_cache
     fresh = cached is not None and moment - cached[0] < PLAN_REUSE_SECONDS
     if cached is not None and fresh and cached[1] == op.plan_version:
         return cached[2]
-    plan = {job.key: node for job, node in placement.place(runnable, nodes, _load(op, pods))}
+    load = _load(op, pods)
+    plan = {job.key: node for job, node in placement.place(runnable(), nodes, load)}
     op.plan_cache = (moment, op.plan_version, plan)
     return plan
 
@@ -222,12 +227,15 @@ async def place_if_first(
         await move(op, body, Phase.CANCELLED, cond.CANCELLED, "cancelled while queued")
         return
     now = op.now()
-    runnable = [
-        job
-        for job in queue
-        if (job.not_before is None or job.not_before <= now)
-        and op.written.get(job.key, {}).get("phase", Phase.QUEUED.value) == Phase.QUEUED.value
-    ]
+
+    def runnable() -> list[placement.QueuedJob]:
+        return [
+            job
+            for job in queue
+            if (job.not_before is None or job.not_before <= now)
+            and op.written.get(job.key, {}).get("phase", Phase.QUEUED.value) == Phase.QUEUED.value
+        ]
+
     op.view.slots = {node.name: node.slots for node in nodes}
     target = _plan(op, runnable, nodes, pods).get(key)
     state = current_status(op, body)
