@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 
 def _env(name: str, default: str) -> str:
@@ -25,6 +26,16 @@ def _quantities(name: str, default: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType({str(k): str(v) for k, v in value.items()})
 
 
+def _tolerations(raw: str) -> tuple[Mapping[str, Any], ...]:
+    """A JSON list of Pod tolerations, as in a Pod spec."""
+    if not raw:
+        return ()
+    value = json.loads(raw)
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ValueError(f"HYPER2KVM_WORKER_TOLERATIONS must be a JSON list of objects: {raw!r}")
+    return tuple(MappingProxyType(t) for t in value)
+
+
 def _frozen(**values: str) -> Mapping[str, str]:
     return MappingProxyType(values)
 
@@ -34,6 +45,10 @@ class Settings:
     worker_image: str = "ghcr.io/hyper2kvm/worker:0.1.0"
     worker_command: tuple[str, ...] = ("hyper2kvm-worker",)
     worker_port: int = 8081
+    worker_pull_policy: str | None = None
+    # Secrets named here must exist in every namespace where jobs run (Pods are namespaced).
+    worker_pull_secrets: tuple[str, ...] = ()
+    worker_tolerations: tuple[Mapping[str, Any], ...] = ()  # for every worker Pod
     node_label: str = "hyper2kvm.io/worker"  # worker nodes carry it with the value "true"
     default_slots: int = 2
     allow_privileged_fix: bool = False
@@ -62,6 +77,9 @@ class Settings:
             worker_image=_env("WORKER_IMAGE", defaults.worker_image),
             worker_command=tuple(shlex.split(_env("WORKER_COMMAND", "hyper2kvm-worker"))),
             worker_port=int(_env("WORKER_PORT", str(defaults.worker_port))),
+            worker_pull_policy=_env("WORKER_PULL_POLICY", "") or None,
+            worker_pull_secrets=tuple(_env("WORKER_PULL_SECRETS", "").replace(",", " ").split()),
+            worker_tolerations=_tolerations(_env("WORKER_TOLERATIONS", "")),
             node_label=_env("NODE_LABEL", defaults.node_label),
             default_slots=int(_env("DEFAULT_SLOTS", str(defaults.default_slots))),
             allow_privileged_fix=_env("ALLOW_PRIVILEGED_FIX", "false").lower() == "true",

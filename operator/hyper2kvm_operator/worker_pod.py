@@ -152,9 +152,13 @@ def worker_pod(
             {"name": f"secret-{index}", "mountPath": f"{SECRETS_ROOT}/{secret}", "readOnly": True}
         )
     placement = spec.placement
+    tolerations = [dict(t) for t in settings.worker_tolerations]  # the chart's, then the job's
+    if placement is not None and placement.tolerations:
+        tolerations += [t.model_dump(exclude_none=True) for t in placement.tolerations]
     container = {
         "name": "worker",
         "image": settings.worker_image,
+        **({"imagePullPolicy": settings.worker_pull_policy} if settings.worker_pull_policy else {}),
         "command": list(settings.worker_command),
         "args": [
             "run",
@@ -205,9 +209,12 @@ def worker_pod(
                     }
                 }
             },
-            "tolerations": [t.model_dump(exclude_none=True) for t in (placement.tolerations or [])]
-            if placement is not None
-            else [],
+            "tolerations": tolerations,
+            **(
+                {"imagePullSecrets": [{"name": name} for name in settings.worker_pull_secrets]}
+                if settings.worker_pull_secrets
+                else {}
+            ),
             "containers": [container],
             "volumes": volumes,
         },

@@ -141,6 +141,11 @@ def test_operator_reads_the_values_the_chart_sets(environment: pytest.MonkeyPatc
         "worker.resources.requests.cpu=2",
         "worker.resources.limits.memory=8Gi",
         "storage.scratch.size=200Gi",
+        "worker.imagePullSecrets[0].name=regcred",
+        "worker.image.pullPolicy=Always",
+        "worker.tolerations[0].key=dedicated",
+        "worker.tolerations[0].operator=Exists",
+        "worker.tolerations[0].effect=NoSchedule",
     )
     for name, value in deployment_env(objects).items():
         environment.setenv(name, value)
@@ -153,6 +158,11 @@ def test_operator_reads_the_values_the_chart_sets(environment: pytest.MonkeyPatc
     assert settings.allow_privileged_fix is True
     assert (settings.scratch_size, settings.scratch_storage_class) == ("200Gi", "fast-local")
     assert settings.scratch_claim is None
+    assert settings.worker_pull_secrets == ("regcred",)
+    assert settings.worker_pull_policy == "Always"
+    assert [dict(t) for t in settings.worker_tolerations] == [
+        {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
+    ]
 
 
 def test_existing_scratch_claim_wins(environment: pytest.MonkeyPatch) -> None:

@@ -252,3 +252,26 @@ def test_settings_read_worker_resources_and_node_label(monkeypatch: pytest.Monke
     monkeypatch.setenv("HYPER2KVM_WORKER_LIMITS", '["8Gi"]')
     with pytest.raises(ValueError, match="HYPER2KVM_WORKER_LIMITS must be a JSON object"):
         Settings.from_environment()
+
+
+def test_chart_wide_worker_tolerations_pull_secrets_and_policy() -> None:
+    chart = {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
+    settings = Settings(
+        worker_tolerations=(chart,), worker_pull_secrets=("regcred",), worker_pull_policy="Always"
+    )
+    job_spec = spec(
+        placement={"tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+    )
+    plan = worker_job.plan("vms/web01", job_spec)
+    pod = worker_pod.worker_pod(BODY, job_spec, 1, "node-a", plan, settings)["spec"]
+    assert pod["tolerations"] == [
+        chart,
+        {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
+    ]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["containers"][0]["imagePullPolicy"] == "Always"
+    plain = worker_pod.worker_pod(
+        BODY, spec(), 1, "node-a", worker_job.plan("vms/x", spec()), Settings()
+    )
+    assert "imagePullSecrets" not in plain["spec"] and plain["spec"]["tolerations"] == []
+    assert "imagePullPolicy" not in plain["spec"]["containers"][0]

@@ -72,3 +72,10 @@ app.kubernetes.io/component: operator
 {{- printf "%s-%s" (include "hyper2kvm.fullname" .root) .kind }}
 {{- end }}
 {{- end }}
+
+{{/* Names of a list of {name: ...} pull secrets, space-separated. */}}
+{{- define "hyper2kvm.secretNames" -}}
+{{- $names := list }}
+{{- range . }}{{ $names = append $names .name }}{{ end }}
+{{- join " " $names }}
+{{- end }}
