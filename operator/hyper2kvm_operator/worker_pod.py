@@ -20,6 +20,15 @@ NODE_LABEL = "hyper2kvm.io/node"  # where the Pod was placed: slots are counted 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "hyper2kvm-operator"}
 WORKER_LABELS = {**MANAGED_BY, "app.kubernetes.io/name": "hyper2kvm-worker"}
 JOB_FILE_DIR = "/etc/hyper2kvm"
+WORKER_UID = 10001  # the worker image's user
+# The volumes' group is the worker's, so a freshly provisioned output or scratch claim
+# (owned by root) is writable without an init container; OnRootMismatch skips the walk over
+# a volume already right. NFS ignores fsGroup: export it writable for this uid or group.
+POD_SECURITY_CONTEXT = {
+    "runAsGroup": WORKER_UID,
+    "fsGroup": WORKER_UID,
+    "fsGroupChangePolicy": "OnRootMismatch",
+}
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -68,11 +77,12 @@ def job_configmap(body: Mapping[str, Any], attempt: int, plan: WorkerJobPlan) ->
 def security_context(operation: Operation, settings: Settings) -> dict[str, Any]:
     if operation is Operation.OFFLINE_FIX and settings.allow_privileged_fix:
         # Only for /dev/kvm, so that libguestfs' appliance runs with KVM instead of TCG;
-        # without it offline_fix works unprivileged, more slowly.
-        return {"privileged": True}
+        # without it offline_fix works unprivileged, more slowly. As root: the device's
+        # group differs from host to host, so the image's user may not open it.
+        return {"privileged": True, "runAsUser": 0, "runAsNonRoot": False}
     return {
         "runAsNonRoot": True,
-        "runAsUser": 10001,
+        "runAsUser": WORKER_UID,
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
@@ -195,6 +205,7 @@ def worker_pod(
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
+            "securityContext": POD_SECURITY_CONTEXT,
             "terminationGracePeriodSeconds": 30,
             "affinity": {
                 "nodeAffinity": {

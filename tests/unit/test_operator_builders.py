@@ -90,6 +90,8 @@ def test_worker_pod_is_pinned_unprivileged_and_owned() -> None:
     container = pod["spec"]["containers"][0]
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Fresh claims become writable for the worker's group.
+    assert pod["spec"]["securityContext"]["fsGroup"] == container["securityContext"]["runAsUser"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/etc/hyper2kvm"]["readOnly"] is True
     assert "--listen" in container["args"]
@@ -102,7 +104,11 @@ def test_only_offline_fix_may_be_privileged_and_only_when_allowed() -> None:
     fix = spec(operation="offline_fix")
     assert "privileged" not in worker_pod.security_context(fix.operation, Settings())
     allowed = Settings(allow_privileged_fix=True)
-    assert worker_pod.security_context(fix.operation, allowed) == {"privileged": True}
+    assert worker_pod.security_context(fix.operation, allowed) == {
+        "privileged": True,
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+    }
     assert "privileged" not in worker_pod.security_context(spec().operation, allowed)
 
 
