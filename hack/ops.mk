@@ -13,7 +13,7 @@ OPS       := RELEASE=$(RELEASE) NAMESPACE=$(NAMESPACE) hack/ops.sh
 chart-tools: ## build helm from its Go module and fetch the monitoring CRDs once (cached)
 	@hack/tools/build.sh >/dev/null
 
-deploy: ## helm upgrade --install the chart (RELEASE, NAMESPACE, VALUES=file, HELM_ARGS)
+deploy: ## apply the CRDs, then helm upgrade --install (RELEASE, NAMESPACE, VALUES=file, HELM_ARGS)
 	@$(OPS) deploy $(if $(VALUES),--values $(VALUES)) $(HELM_ARGS)
 
 undeploy: ## helm uninstall (CRDs, MigrationJobs and data claims stay)

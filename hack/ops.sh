@@ -31,6 +31,10 @@ operator_setting() {
 }
 
 cmd_deploy() {
+  # helm installs crds/ on the first install only and never upgrades them: apply them
+  # first, server-side (the MigrationJob CRD is too large for a client-side annotation).
+  kubectl apply --server-side --force-conflicts --field-manager=hyper2kvm-deploy \
+    -f "$chart/crds" >/dev/null
   "$(helm_bin)" upgrade --install "$RELEASE" "$chart" --namespace "$NAMESPACE" \
     --create-namespace --wait --timeout "${TIMEOUT:-5m}" "$@"
 }
