@@ -98,6 +98,15 @@ def job_file(tmp_path: Path, cluster: Cluster, name: str, namespace: str, source
     return path
 
 
+def test_deploy_applies_the_crds_itself(deployed: Deployed) -> None:
+    """helm leaves crds/ alone after the first install: deploy must apply them on upgrades."""
+    crd = deployed.cluster.kube.get(
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/migrationjobs.hyper2kvm.io"
+    )
+    managers = {entry["manager"] for entry in crd["metadata"]["managedFields"]}
+    assert "hyper2kvm-deploy" in managers
+
+
 def test_label_nodes_labels_and_requires_names(deployed: Deployed) -> None:
     nodes = deployed.cluster.nodes
     deployed.ok("label-nodes", f"NODES={' '.join(nodes)}")
