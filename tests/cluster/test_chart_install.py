@@ -99,10 +99,10 @@ def release(cluster: Cluster) -> Iterator[Release]:
         cluster.kube.delete(f"/api/v1/namespaces/{namespace}")
 
 
-def operator_pod(cluster: Cluster, release: Release) -> dict[str, Any]:
+def operator_pod(cluster: Cluster, namespace: str, release: str = RELEASE) -> dict[str, Any]:
     pods = cluster.kube.get(
-        f"/api/v1/namespaces/{release.namespace}/pods",
-        labelSelector=f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator",
+        f"/api/v1/namespaces/{namespace}/pods",
+        labelSelector=f"app.kubernetes.io/instance={release},app.kubernetes.io/component=operator",
     )["items"]
     assert len(pods) == 1
     return dict(pods[0])
@@ -118,10 +118,15 @@ def claim_dir(cluster: Cluster, namespace: str, claim: str) -> Path:
     return Path(pv["spec"]["hostPath"]["path"])
 
 
-def operator_log(cluster: Cluster, release: Release) -> str:
-    meta = operator_pod(cluster, release)["metadata"]
+def operator_log(cluster: Cluster, namespace: str, release: str = RELEASE) -> str:
+    meta = operator_pod(cluster, namespace, release)["metadata"]
     directory = cluster.require_agent().pod_dir(meta["namespace"], meta["name"], meta["uid"])
     return (directory / "operator.log").read_text(errors="replace")
+
+
+def permission_denials(log: str) -> list[str]:
+    """HTTP 403s and Kopf's permission warnings (not the digits 403 in a timestamp)."""
+    return re.findall(r'.*(?:Forbidden|forbidden|Not enough permissions|HTTP/1\.1" 403 ).*', log)
 
 
 def test_rendered_manifests_pass_server_side_strict_validation(
@@ -203,7 +208,7 @@ def test_chart_operator_converts_a_disk_with_its_own_service_account(
         return status if status.get("phase") in ("Succeeded", "Failed", "Cancelled") else None
 
     status = wait_until(finished, timeout=240, what="the chart's operator to finish the job")
-    log = operator_log(cluster, release)
+    log = operator_log(cluster, release.namespace)
     assert status["phase"] == "Succeeded", json.dumps(status, indent=2) + log[-4000:]
     assert same_content(raw, output_dir / "vm" / "disk0.qcow2", "raw", "qcow2")
 
@@ -219,8 +224,7 @@ def test_chart_operator_converts_a_disk_with_its_own_service_account(
     assert scratch["spec"]["accessModes"] == ["ReadWriteOnce"]
 
     # Everything the operator tried, its RBAC allowed.
-    # (a 403 as an HTTP status, not the digits in a timestamp's milliseconds)
-    denied = re.findall(r'.*(?:Forbidden|forbidden|Not enough permissions|HTTP/1\.1" 403 ).*', log)
+    denied = permission_denials(log)
     assert not denied, "\n".join(denied[:20])
 
 
@@ -299,7 +303,7 @@ def test_notes_tell_how_to_label_nodes_and_submit_a_job(release: Release) -> Non
 
 def test_probes_answer_where_the_deployment_points_them(cluster: Cluster, release: Release) -> None:
     """A probe on the wrong port or path would have the operator restarted forever."""
-    pod = operator_pod(cluster, release)
+    pod = operator_pod(cluster, release.namespace)
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     for probe in ("livenessProbe", "readinessProbe"):

@@ -1,0 +1,111 @@
+"""The chart with operator.watchNamespaces: RoleBindings and KopfPeerings in the watched
+namespaces are all the operator gets, and all it needs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.cluster.conftest import Cluster
+from tests.cluster.harness.processes import wait_until
+from tests.cluster.operator_process import free_port
+from tests.cluster.test_chart_install import (
+    BIN,
+    CHART,
+    helm,
+    kubectl,
+    operator_log,
+    permission_denials,
+)
+from tests.worker.images import MiB, make_raw, same_content, to_vmdk
+
+RELEASE = "h2kns"
+
+
+@dataclass
+class NamespacedRelease:
+    namespace: str  # the operator's
+    watched: str
+    unwatched: str
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Cluster) -> Iterator[NamespacedRelease]:
+    cluster.require_agent()
+    suffix = secrets.token_hex(3)
+    target = NamespacedRelease(f"h2kns-op-{suffix}", f"h2kns-jobs-{suffix}", f"h2kns-x-{suffix}")
+    for name in (target.watched, target.unwatched):
+        cluster.kube.create("/api/v1/namespaces", {"metadata": {"name": name}})
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{path}"  # the Pods' commands, as in the images
+    try:
+        helm(
+            cluster,
+            "upgrade", "--install", RELEASE, str(CHART),
+            "--namespace", target.namespace, "--create-namespace", "--wait", "--timeout", "3m",
+            "--set", "operator.replicas=1",
+            "--set", f"operator.watchNamespaces={{{target.watched}}}",
+            "--set", f"metrics.port={free_port()}",
+            "--set", f"operator.livenessPort={free_port()}",
+            "--set", "operator.verbose=true",
+            "--set", "operator.statusIntervalSeconds=1",
+        )  # fmt: skip
+        yield target
+        helm(cluster, "uninstall", RELEASE, "--namespace", target.namespace, "--wait")
+    finally:
+        os.environ["PATH"] = path
+        for name in (target.namespace, target.watched, target.unwatched):
+            cluster.kube.delete(f"/api/v1/namespaces/{name}")
+
+
+def convert_job(cluster: Cluster, name: str, source: Path, out: Path) -> dict[str, Any]:
+    return {
+        "apiVersion": "hyper2kvm.io/v1alpha1",
+        "kind": "MigrationJob",
+        "metadata": {"name": name},
+        "spec": {
+            "operation": "convert",
+            "placement": {"nodeSelector": cluster.selector},
+            "disks": [
+                {
+                    "name": "disk0",
+                    "source": {"hostPath": {"path": str(source)}},
+                    "output": {"hostPath": {"path": str(out)}, "path": "disk0.qcow2"},
+                }
+            ],
+        },
+    }
+
+
+def test_operator_runs_jobs_in_its_namespaces_only(
+    cluster: Cluster, release: NamespacedRelease, tmp_path: Path
+) -> None:
+    raw = make_raw(tmp_path / "vm.raw", 32 * MiB, [(0, 2 * MiB)])
+    vmdk = to_vmdk(raw, tmp_path / "vm.vmdk", "monolithicSparse")
+    outputs = {ns: tmp_path / ns for ns in (release.watched, release.unwatched)}
+    for namespace, out in outputs.items():
+        out.mkdir()
+        job = yaml.safe_dump(convert_job(cluster, "ns-convert", vmdk, out))
+        kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=job)
+
+    def status(namespace: str) -> dict[str, Any]:
+        path = f"/apis/hyper2kvm.io/v1alpha1/namespaces/{namespace}/migrationjobs/ns-convert"
+        return dict(cluster.kube.get(path).get("status") or {})
+
+    def finished() -> dict[str, Any] | None:
+        state = status(release.watched)
+        return state if state.get("phase") in ("Succeeded", "Failed") else None
+
+    done = wait_until(finished, timeout=240, what="the job in the watched namespace")
+    log = operator_log(cluster, release.namespace, RELEASE)
+    assert done["phase"] == "Succeeded", log[-4000:]
+    assert same_content(raw, outputs[release.watched] / "disk0.qcow2", "raw", "qcow2")
+    assert status(release.unwatched) == {}  # never admitted: not this operator's namespace
+    denied = permission_denials(log)
+    assert not denied, "\n".join(denied[:20])
