@@ -23,6 +23,7 @@ from tests.cluster.test_chart_install import (
     operator_log,
     permission_denials,
 )
+from tests.cluster.test_operator import convert_disk, migration
 from tests.worker.images import MiB, make_raw, same_content, to_vmdk
 
 RELEASE = "h2kns"
@@ -64,25 +65,6 @@ def release(cluster: Cluster) -> Iterator[NamespacedRelease]:
             cluster.kube.delete(f"/api/v1/namespaces/{name}")
 
 
-def convert_job(cluster: Cluster, name: str, source: Path, out: Path) -> dict[str, Any]:
-    return {
-        "apiVersion": "hyper2kvm.io/v1alpha1",
-        "kind": "MigrationJob",
-        "metadata": {"name": name},
-        "spec": {
-            "operation": "convert",
-            "placement": {"nodeSelector": cluster.selector},
-            "disks": [
-                {
-                    "name": "disk0",
-                    "source": {"hostPath": {"path": str(source)}},
-                    "output": {"hostPath": {"path": str(out)}, "path": "disk0.qcow2"},
-                }
-            ],
-        },
-    }
-
-
 def test_operator_runs_jobs_in_its_namespaces_only(
     cluster: Cluster, release: NamespacedRelease, tmp_path: Path
 ) -> None:
@@ -91,7 +73,8 @@ def test_operator_runs_jobs_in_its_namespaces_only(
     outputs = {ns: tmp_path / ns for ns in (release.watched, release.unwatched)}
     for namespace, out in outputs.items():
         out.mkdir()
-        job = yaml.safe_dump(convert_job(cluster, "ns-convert", vmdk, out))
+        disk = convert_disk({"hostPath": {"path": str(vmdk)}}, out)
+        job = yaml.safe_dump(migration("ns-convert", cluster, [disk]))
         kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=job)
 
     def status(namespace: str) -> dict[str, Any]:
