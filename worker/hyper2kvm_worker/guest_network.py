@@ -71,17 +71,22 @@ def _rename(text: str, plan: Mapping[str, str], what: str, out: Rewrite) -> list
     return lines
 
 
-def rewrite_ifupdown(text: str, plan: Mapping[str, str]) -> Rewrite:
-    """/etc/network/interfaces (and interfaces.d): names renamed, hwaddress lines dropped."""
+def _drop_bindings(text: str, plan: Mapping[str, str], kind: str, binding: str) -> Rewrite:
+    """Interfaces renamed by `plan`, and every line matching `binding` (a MAC) dropped."""
     out = Rewrite(text="")
     kept = []
-    for line in _rename(text, plan, "interfaces", out):
-        if re.match(r"^\s*hwaddress\s", line):
-            out.changes.append(f"interfaces: removed {line.strip()}")
+    for line in _rename(text, plan, kind, out):
+        if re.match(binding, line):
+            out.changes.append(f"{kind}: removed {line.strip()}")
             continue
         kept.append(line)
     out.text = "".join(kept)
     return out
+
+
+def rewrite_ifupdown(text: str, plan: Mapping[str, str]) -> Rewrite:
+    """/etc/network/interfaces (and interfaces.d): names renamed, hwaddress lines dropped."""
+    return _drop_bindings(text, plan, "interfaces", r"^\s*hwaddress\s")
 
 
 def rewrite_netplan(text: str, plan: Mapping[str, str]) -> Rewrite:
@@ -89,14 +94,8 @@ def rewrite_netplan(text: str, plan: Mapping[str, str]) -> Rewrite:
 
     Works on the text, so comments and layout stay; a `match:` block left empty goes too.
     """
-    out = Rewrite(text="")
-    lines = _rename(text, plan, "netplan", out)
-    kept: list[str] = []
-    for line in lines:
-        if re.match(r"^\s*(macaddress|set-name)\s*:", line):
-            out.changes.append(f"netplan: removed {line.strip()}")
-            continue
-        kept.append(line)
+    out = _drop_bindings(text, plan, "netplan", r"^\s*(macaddress|set-name)\s*:")
+    kept = out.text.splitlines(keepends=True)
     result: list[str] = []
     for index, line in enumerate(kept):
         if re.match(r"^\s*match\s*:\s*(\{\s*\})?\s*$", line):
@@ -108,19 +107,6 @@ def rewrite_netplan(text: str, plan: Mapping[str, str]) -> Rewrite:
                 continue
         result.append(line)
     out.text = "".join(result)
-    return out
-
-
-def _drop_bindings(text: str, plan: Mapping[str, str], kind: str, binding: str) -> Rewrite:
-    """Interfaces renamed by `plan`, and every line matching `binding` (a MAC) dropped."""
-    out = Rewrite(text="")
-    kept = []
-    for line in _rename(text, plan, kind, out):
-        if re.match(binding, line):
-            out.changes.append(f"{kind}: removed {line.strip()}")
-            continue
-        kept.append(line)
-    out.text = "".join(kept)
     return out
 
 
