@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 
 from hyper2kvm_worker import nbdkit
+from hyper2kvm_worker.qemu_img import QemuImg
 from hyper2kvm_worker.tools import ToolRunner
 
 # What the worker itself relies on; a node missing one of these cannot run every job.
@@ -42,18 +43,8 @@ def _qcow2_compressions(runner: ToolRunner) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="hyper2kvm-caps-") as scratch:
         for kind in ("zlib", "zstd"):
             image = Path(scratch) / f"{kind}.qcow2"
-            done = runner.run(
-                [
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    f"compression_type={kind}",
-                    str(image),
-                    "1M",
-                ]
+            done = QemuImg(runner).create(
+                image, "qcow2", size="1M", options=(f"compression_type={kind}",)
             )
             if done.returncode == 0:
                 supported.append(kind)

@@ -88,28 +88,6 @@ def choose_accelerator() -> Accelerator:
     return Accelerator("tcg", f"{device} is present but qemu cannot run a KVM vCPU here")
 
 
-def create_overlay(runner: ToolRunner, backing: str, backing_format: str, overlay: Path) -> None:
-    """A qcow2 that records every write and leaves `backing` (a path or NBD URI) untouched."""
-    done = runner.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            backing,
-            "-F",
-            backing_format,
-            str(overlay),
-        ]
-    )
-    if done.returncode != 0:
-        raise TransientFailure(
-            Reason.TOOL_FAILED, f"cannot create an overlay of {backing}: {done.last_error_line()}"
-        )
-
-
 @dataclass(frozen=True)
 class Drive:
     path: str

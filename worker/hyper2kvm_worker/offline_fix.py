@@ -83,9 +83,10 @@ class OfflineFix:
             for disk in job.disks:
                 opened = stack.enter_context(open_source(disk.source, self._runner))
                 overlay = scratch / f"{disk.name}.overlay.qcow2"
-                libguestfs.create_overlay(self._runner, opened.image, opened.format, overlay)
+                qemu_img = QemuImg(self._runner)
+                qemu_img.create_overlay(opened.image, opened.format, overlay)
                 drives.append(Drive(str(overlay), "qcow2"))
-                sizes[disk.name] = int(QemuImg(self._runner).info(str(overlay))["virtual-size"])
+                sizes[disk.name] = int(qemu_img.info(str(overlay))["virtual-size"])
                 self._board.set_size(disk.name, sizes[disk.name])
             outcomes, summary = self._fix(job, drives)
         results = []

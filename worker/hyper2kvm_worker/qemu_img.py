@@ -55,6 +55,24 @@ class QemuImg:
             )
         return json.loads(done.stdout)
 
+    def create(
+        self, image: Path, fmt: str, size: str | None = None, options: tuple[str, ...] = ()
+    ) -> Completed:
+        """`qemu-img create`; the caller judges a failure (a probe may expect one)."""
+        args = ["create", "-q", "-f", fmt, *(a for o in options for a in ("-o", o)), str(image)]
+        return self._run([*args, *([size] if size else [])])
+
+    def create_overlay(self, backing: str, backing_format: str, overlay: Path) -> None:
+        """A qcow2 that records every write and leaves `backing` (a path or NBD URI) untouched."""
+        done = self._run(
+            ["create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format, str(overlay)]
+        )
+        if done.returncode != 0:
+            raise TransientFailure(
+                Reason.TOOL_FAILED,
+                f"cannot create an overlay of {backing}: {done.last_error_line()}",
+            )
+
     def info(self, image: str, fmt: str | None = None) -> dict[str, Any]:
         args = ["info", *(["-f", fmt] if fmt else [])]
         info: dict[str, Any] = self._json([*args, image], "info", image)
