@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 
 from hyper2kvm_operator.api import Phase
 from hyper2kvm_operator.metrics import JobView, OperatorMetrics, Snapshot
-from tests.chart.helm import helm_binary
+from tests.chart.helm import helm_binary, render
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "hyper2kvm"
@@ -40,23 +40,8 @@ ALERTS = {
 }
 
 
-def render_only(templates: tuple[str, ...], *set_args: str) -> list[dict[str, Any]]:
-    """`helm template test` of only these templates; [] when they render nothing."""
-    argv = [str(helm_binary()), "template", "test", str(CHART), "--namespace", NAMESPACE]
-    for template in templates:
-        argv += ["--show-only", template]
-    for value in set_args:
-        argv += ["--set", value]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
-    if done.returncode != 0:
-        if "could not find template" in done.stderr:  # helm's word for an empty render
-            return []
-        raise AssertionError(f"helm template failed:\n{done.stderr}")
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc is not None]
-
-
 def rendered(template: str, *set_args: str) -> dict[str, Any]:
-    objects = render_only((template,), *set_args)
+    objects = render(*set_args, only=(template,))
     assert len(objects) == 1, objects
     return objects[0]
 
@@ -198,12 +183,12 @@ def test_rule_labels_and_release_scoping() -> None:
 
 
 def test_service_monitor_scrapes_the_metrics_service() -> None:
-    objects = render_only(
-        (MONITOR, "templates/service.yaml"),
+    objects = render(
         "metrics.serviceMonitor.enabled=true",
         "metrics.serviceMonitor.interval=15s",
         "metrics.serviceMonitor.scrapeTimeout=5s",
         "metrics.serviceMonitor.labels.release=kube-prometheus",
+        only=(MONITOR, "templates/service.yaml"),
     )
     monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
     service = next(o for o in objects if o["kind"] == "Service")
@@ -239,9 +224,9 @@ def test_service_monitor_scrapes_the_metrics_service() -> None:
     ],
 )
 def test_each_object_follows_its_toggle(template: str, toggle: str, kind: str) -> None:
-    assert render_only((template,)) == []
-    assert render_only((template,), f"{toggle}=false") == []
-    objects = render_only((template,), f"{toggle}=true")
+    assert render(only=(template,)) == []
+    assert render(f"{toggle}=false", only=(template,)) == []
+    objects = render(f"{toggle}=true", only=(template,))
     assert [o["kind"] for o in objects] == [kind]
     assert objects[0]["metadata"]["namespace"] == NAMESPACE
     assert objects[0]["metadata"]["labels"]["app.kubernetes.io/instance"] == "test"
