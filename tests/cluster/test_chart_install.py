@@ -7,6 +7,7 @@ service-account token projected into the Pod (see pod_process.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -67,36 +68,51 @@ def kubectl(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def release(cluster: Cluster) -> Iterator[Release]:
+@contextlib.contextmanager
+def chart_release(
+    cluster: Cluster, release: str, namespace: str, *values: str
+) -> Iterator[tuple[list[str], str]]:
+    """The chart installed as `release` with test settings plus `values` (each a --set):
+    yields the helm arguments and helm's output, then uninstalls and removes `namespace`."""
     cluster.require_agent()
-    namespace = f"h2k-chart-{secrets.token_hex(3)}"
-    # The Pod's command is found on PATH, as it would be in the operator image.
+    # The Pods' commands are found on PATH, as they would be in the images.
     path = os.environ["PATH"]
     os.environ["PATH"] = f"{BIN}{os.pathsep}{path}"
     try:
         install = [
-            "upgrade", "--install", RELEASE, str(CHART),
+            "upgrade", "--install", release, str(CHART),
             "--namespace", namespace, "--create-namespace", "--wait", "--timeout", "3m",
             "--set", "operator.replicas=1",
             "--set", f"metrics.port={free_port()}",
             "--set", f"operator.livenessPort={free_port()}",
             "--set", "operator.verbose=true",
             "--set", "operator.statusIntervalSeconds=1",
-            "--set", "operator.backoffBaseSeconds=1",
-            "--set", "storage.input.create=true",
-            "--set", "storage.input.size=1Gi",
-            "--set", "storage.output.create=true",
-            "--set", "storage.output.size=1Gi",
-            "--set", "storage.scratch.enabled=true",
-            "--set", "storage.scratch.size=1Gi",
         ]  # fmt: skip
-        installed = helm(cluster, *install)
-        yield Release(namespace, FULLNAME, installed.split("NOTES:", 1)[-1], install)
-        helm(cluster, "uninstall", RELEASE, "--namespace", namespace, "--wait")
+        for value in values:
+            install += ["--set", value]
+        yield install, helm(cluster, *install)
+        helm(cluster, "uninstall", release, "--namespace", namespace, "--wait")
     finally:
         os.environ["PATH"] = path
         cluster.kube.delete(f"/api/v1/namespaces/{namespace}")
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Cluster) -> Iterator[Release]:
+    namespace = f"h2k-chart-{secrets.token_hex(3)}"
+    with chart_release(
+        cluster,
+        RELEASE,
+        namespace,
+        "operator.backoffBaseSeconds=1",
+        "storage.input.create=true",
+        "storage.input.size=1Gi",
+        "storage.output.create=true",
+        "storage.output.size=1Gi",
+        "storage.scratch.enabled=true",
+        "storage.scratch.size=1Gi",
+    ) as (install, output):
+        yield Release(namespace, FULLNAME, output.split("NOTES:", 1)[-1], install)
 
 
 def operator_pod(cluster: Cluster, namespace: str, release: str = RELEASE) -> dict[str, Any]:

@@ -3,7 +3,6 @@ namespaces are all the operator gets, and all it needs."""
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,11 +13,8 @@ import pytest
 import yaml
 from tests.cluster.conftest import Cluster
 from tests.cluster.harness.processes import wait_until
-from tests.cluster.operator_process import free_port
 from tests.cluster.test_chart_install import (
-    BIN,
-    CHART,
-    helm,
+    chart_release,
     kubectl,
     operator_log,
     permission_denials,
@@ -38,30 +34,16 @@ class NamespacedRelease:
 
 @pytest.fixture(scope="module")
 def release(cluster: Cluster) -> Iterator[NamespacedRelease]:
-    cluster.require_agent()
     suffix = secrets.token_hex(3)
     target = NamespacedRelease(f"h2kns-op-{suffix}", f"h2kns-jobs-{suffix}", f"h2kns-x-{suffix}")
     for name in (target.watched, target.unwatched):
         cluster.kube.create("/api/v1/namespaces", {"metadata": {"name": name}})
-    path = os.environ["PATH"]
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{path}"  # the Pods' commands, as in the images
     try:
-        helm(
-            cluster,
-            "upgrade", "--install", RELEASE, str(CHART),
-            "--namespace", target.namespace, "--create-namespace", "--wait", "--timeout", "3m",
-            "--set", "operator.replicas=1",
-            "--set", f"operator.watchNamespaces={{{target.watched}}}",
-            "--set", f"metrics.port={free_port()}",
-            "--set", f"operator.livenessPort={free_port()}",
-            "--set", "operator.verbose=true",
-            "--set", "operator.statusIntervalSeconds=1",
-        )  # fmt: skip
-        yield target
-        helm(cluster, "uninstall", RELEASE, "--namespace", target.namespace, "--wait")
+        watch = f"operator.watchNamespaces={{{target.watched}}}"
+        with chart_release(cluster, RELEASE, target.namespace, watch):
+            yield target
     finally:
-        os.environ["PATH"] = path
-        for name in (target.namespace, target.watched, target.unwatched):
+        for name in (target.watched, target.unwatched):
             cluster.kube.delete(f"/api/v1/namespaces/{name}")
 
 
