@@ -32,8 +32,12 @@ def op() -> reconcile.Operator:
     return _OPERATOR
 
 
+COUNTED: list[str] = []  # handlers whose failures are counted, by name
+
+
 def counted(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
     """Count a job handler's failures in hyper2kvm_reconcile_errors_total; Kopf retries them."""
+    COUNTED.append(handler.__name__)
 
     @functools.wraps(handler)
     async def run(**kwargs: Any) -> None:
@@ -66,7 +70,7 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     metrics = OperatorMetrics(lambda: operator.view)
-    for handler in ("admit", "cancel", "place", "follow"):  # zero series: increase() sees one
+    for handler in COUNTED:  # zero series from the start: increase() sees the first error
         metrics.reconcile_errors.labels(handler)
     operator = reconcile.Operator(
         settings=config,

@@ -468,6 +468,9 @@ def test_metrics(operator: OperatorProcess, cluster: Cluster) -> None:
         line for line in text.splitlines() if line.startswith("hyper2kvm_api_writes_total")
     )
     assert float(writes.split()[-1]) > 0
+    # Every counted handler has its series from the start, so the first error is an increase.
+    for handler in ("admit", "cancel", "place", "follow"):
+        assert f'hyper2kvm_reconcile_errors_total{{handler="{handler}"}}' in text
 
 
 def test_two_replicas_one_acts_and_the_other_takes_over(
