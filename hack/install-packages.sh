@@ -8,6 +8,8 @@ packages=(
     nbdkit              # sources: file and curl plugins, tar filter (OVA)
     libnbd-bin          # nbdcopy, nbdinfo: streaming virtual content for digests
     libguestfs-tools    # offline_fix and guest inspection
+    linux-image-amd64   # the kernel supermin builds libguestfs' appliance from: a machine that
+                        # boots an external kernel has none in /boot
     qemu-system-x86     # the libguestfs appliance, and the offline_fix boot test
     debootstrap         # the Debian test guest of the offline_fix tests
     cryptsetup-bin      # an encrypted test disk that offline_fix must refuse

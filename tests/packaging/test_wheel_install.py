@@ -22,6 +22,8 @@ import pytest
 from hyper2kvm_worker import __version__
 from tests.packaging import DOCKERFILES, REPO, Stage, build_recipe, ignored, parse
 
+pytestmark = pytest.mark.needs("qemu-img")
+
 COMMAND_TIMEOUT_SECONDS = 900  # a slow index or mirror, not a hung build
 MiB = 1 << 20
 
@@ -165,7 +167,6 @@ def test_operator_needs_its_extra(worker_install: Install) -> None:
     assert "No module named 'kopf'" in done.stderr, done.stderr
 
 
-@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
 def test_installed_worker_converts_a_vmdk(worker_install: Install, tmp_path: Path) -> None:
     raw = tmp_path / "source.raw"
     with raw.open("wb") as stream:

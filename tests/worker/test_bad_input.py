@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import requirements
 from tests.worker.conftest import RunWorker, assert_one_line_error, leftovers
 from tests.worker.images import run, to_vmdk
+
+pytestmark = pytest.mark.needs(*requirements.WORKER_TOOLS)
 
 PERMANENT = 3
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests import requirements
 from tests.worker.conftest import RunWorker, leftovers
 from tests.worker.http_server import serve
 from tests.worker.images import (
@@ -21,6 +22,8 @@ from tests.worker.images import (
     same_content,
     to_vmdk,
 )
+
+pytestmark = pytest.mark.needs(*requirements.WORKER_TOOLS)
 
 SUBFORMATS = [
     "monolithicSparse",

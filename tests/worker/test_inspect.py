@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
+from tests import requirements
 from tests.worker.conftest import RunWorker
 from tests.worker.http_server import serve
 from tests.worker.images import MiB, make_ova, make_vmfs, run, to_vmdk
+
+pytestmark = pytest.mark.needs(*requirements.WORKER_TOOLS, "sfdisk", "mkfs.ext4", "mkswap")
 
 
 def partitioned_disk(path: Path, scheme: str) -> Path:
@@ -134,11 +137,13 @@ def test_human_report(tmp_path: Path, run_worker: RunWorker) -> None:
     assert "guest-s001.vmdk" in outcome.stdout
 
 
+@pytest.mark.needs("guestfish", "kernel")
 def test_capabilities(tmp_path: Path, run_worker: RunWorker) -> None:
     outcome = run_worker("capabilities", "--json", "--location", tmp_path)
     assert outcome.returncode == 0, outcome.stdout
     caps = json.loads(outcome.stdout)
     assert caps["ready"] is True and caps["missing"] == []
+    assert caps["offline_fix_ready"] is True and caps["offline_fix_missing"] == []
     assert caps["qemu_img"].startswith("qemu-img version")
     assert caps["nbdkit"].startswith("nbdkit")
     assert {"file", "curl"} <= set(caps["nbdkit_plugins"])

@@ -15,9 +15,12 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import requirements
 from tests.worker.conftest import WORKER, leftovers
 from tests.worker.http_server import serve
 from tests.worker.images import MiB, make_raw, raw_digest, to_vmdk
+
+pytestmark = pytest.mark.needs(*requirements.WORKER_TOOLS)
 
 DEADLINE_SECONDS = 120
 

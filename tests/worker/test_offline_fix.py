@@ -7,6 +7,7 @@ fixed image from outside with guestfish and, in the slow test, boot it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -24,10 +25,22 @@ import psutil
 import pytest
 
 import tests.packaging as packaging
-from hyper2kvm_worker.libguestfs import kvm_works
+from hyper2kvm_worker import libguestfs
+from tests import requirements
 from tests.guest import build_guest
 from tests.worker.conftest import WORKER, Outcome, assert_one_line_error, leftovers
 from tests.worker.images import MiB, run
+
+pytestmark = pytest.mark.needs(
+    *requirements.WORKER_TOOLS,
+    "guestfish",
+    "kernel",
+    "qemu-system-x86_64",
+    "debootstrap",
+    "cryptsetup",
+    "mkfs.ext4",
+    "setpriv",
+)
 
 MARKER = "HYPER2KVM-FIRSTBOOT-OK"
 # allow-hotplug interfaces come up after network-online.target: wait for eth0's address.
@@ -48,6 +61,12 @@ ALL_FIXES = (
 )
 
 
+@functools.cache
+def kvm_works() -> bool:
+    """The worker's own probe, once per session (it boots a kernel: up to 5 s)."""
+    return libguestfs.kvm_works()
+
+
 def _guest_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("LIBGUESTFS_CACHEDIR", os.environ.get("TMPDIR", "/var/tmp"))
@@ -58,8 +77,8 @@ def _guest_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def guest_vmdk() -> Path:
-    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-        pytest.skip("building the Debian test guest needs root and debootstrap")
+    if os.geteuid() != 0:
+        pytest.skip("building the Debian test guest needs root (debootstrap, chroot)")
     return build_guest.build()
 
 
@@ -408,6 +427,52 @@ def test_refuses_a_disk_without_an_os_and_an_encrypted_root(tmp_path: Path) -> N
         assert words in outcome.stderr and "nothing was changed" in outcome.stderr
         assert leftovers(out) == []
         assert file_digest(vmdk) == before
+
+
+def on_a_node_without_a_kernel(*argv: str | Path, cache: Path) -> Outcome:
+    """The worker as on a fresh node: /boot empty (under a tmpfs of a private mount
+    namespace) and no cached appliance, so supermin finds no kernel to build one from."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIBGUESTFS_", "SUPERMIN_"))}
+    done = subprocess.run(
+        [
+            *("unshare", "--mount", "--propagation", "private", "--"),
+            *("sh", "-c", 'mount -t tmpfs hidden /boot && exec "$@"', "sh"),
+            *map(str, argv),
+        ],
+        capture_output=True,
+        text=True,
+        env={**env, "LIBGUESTFS_CACHEDIR": str(cache), "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"},
+        timeout=300,
+        check=False,
+    )
+    return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+def test_a_node_without_a_kernel_is_named_in_the_error_and_in_capabilities(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("hiding /boot in a mount namespace needs root")
+    blank, vmdk = tmp_path / "blank.raw", tmp_path / "blank.vmdk"
+    with blank.open("wb") as stream:
+        stream.truncate(16 * MiB)
+    run("qemu-img", "convert", "-O", "vmdk", blank, vmdk)
+    job = tmp_path / "dry.json"
+    job.write_text(json.dumps(fix_job("no-kernel", vmdk, None, {"dry_run": True})))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    outcome = on_a_node_without_a_kernel(WORKER, "run", "--job", job, "--no-listen", cache=cache)
+    assert_one_line_error(outcome, 75, "ToolFailed")  # another node may have one: transient
+    assert "no Linux kernel in /boot" in outcome.stderr
+    assert "install linux-image-amd64" in outcome.stderr
+
+    caps = on_a_node_without_a_kernel(WORKER, "capabilities", "--json", cache=cache)
+    report = json.loads(caps.stdout)
+    assert report["offline_fix_ready"] is False
+    assert "install linux-image-amd64" in report["offline_fix_missing"][0]
+    # Inspection and conversion do not need the appliance: the node stays ready for them.
+    assert report["ready"] is True, report["missing"]
 
 
 def test_cancel_while_fixing_stops_the_appliance_and_writes_nothing(

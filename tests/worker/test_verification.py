@@ -11,8 +11,11 @@ from hyper2kvm_worker.conversion import Converter, Observer, StagedOutput
 from hyper2kvm_worker.errors import Reason, TransientFailure
 from hyper2kvm_worker.protocol import DiskResult, FileSource, Output, OutputFormat
 from hyper2kvm_worker.tools import Completed, ToolRunner
+from tests import requirements
 from tests.worker.conftest import leftovers
 from tests.worker.images import MiB, raw_digest, to_vmdk
+
+pytestmark = pytest.mark.needs(*requirements.WORKER_TOOLS)
 
 QUIET = Observer(on_size=lambda _: None, on_phase=lambda _: None, on_bytes=lambda _: None)
 

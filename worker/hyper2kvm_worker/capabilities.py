@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from hyper2kvm_worker import nbdkit
+from hyper2kvm_worker import libguestfs, nbdkit
 from hyper2kvm_worker.qemu_img import QemuImg
 from hyper2kvm_worker.tools import ToolRunner
 
@@ -86,4 +86,15 @@ def report(runner: ToolRunner, locations: list[Path]) -> dict[str, Any]:
     ]
     caps["ready"] = not missing
     caps["missing"] = missing
+    caps.update(_offline_fix(caps["libguestfs"] is not None))
     return caps
+
+
+def _offline_fix(has_libguestfs: bool) -> dict[str, Any]:
+    """Whether offline_fix can start libguestfs' appliance here, and if not, what is lacking."""
+    if not has_libguestfs:
+        lacking = ["guestfish is not installed: install libguestfs-tools"]
+    else:
+        problem = libguestfs.appliance_problem()
+        lacking = [problem] if problem else []
+    return {"offline_fix_ready": not lacking, "offline_fix_missing": lacking}

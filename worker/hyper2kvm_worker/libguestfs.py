@@ -3,9 +3,9 @@
 The appliance is started once (`guestfish --listen`) and every operation is one
 `guestfish --remote` call, run by the injectable ToolRunner, so a cancelled job stops
 between calls and the whole process group (guestfish and its qemu) is killed on the way
-out. KVM is used when it really runs a vCPU with the CPU model libguestfs asks for;
-otherwise the appliance runs under TCG (`LIBGUESTFS_BACKEND_SETTINGS=force_tcg`), which
-needs no privileges at all.
+out. KVM is used when it really boots the appliance's kernel with the CPU model
+libguestfs asks for; otherwise the appliance runs under TCG
+(`LIBGUESTFS_BACKEND_SETTINGS=force_tcg`), which needs no privileges at all.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -27,12 +28,13 @@ from hyper2kvm_worker.errors import Reason, TransientFailure, WorkerError
 from hyper2kvm_worker.tools import ToolRunner, require
 
 _PID_LINE = re.compile(r"GUESTFISH_PID=(\d+)")
-# 64 KiB of HLT with, at the x86 reset vector, `mov al,1; out 0xf4,al`: qemu's
-# isa-debug-exit device then ends the process with status (1 << 1) | 1 = 3.
-_PROBE_EXIT = 3
-_PROBE_CODE = bytes([0xB0, 0x01, 0xE6, 0xF4, 0xF4])
-_PROBE_SECONDS = 30.0
+# The first line a booting Linux kernel prints, once out of its real-mode setup code.
+_KERNEL_BANNER = b"Linux version"
+_PROBE_SECONDS = 5.0
 _STOP_SECONDS = 30.0
+# What a Debian node installs for supermin to find a kernel in /boot (the appliance's).
+KERNEL_PACKAGE = "linux-image-amd64"
+_APPLIANCE_FILES = ("kernel", "initrd", "root")  # a fixed appliance (LIBGUESTFS_PATH)
 
 
 @dataclass(frozen=True)
@@ -47,32 +49,75 @@ class Accelerator:
         return env
 
 
-def kvm_works(device: Path = Path("/dev/kvm")) -> bool:
-    """True when qemu runs a vCPU under KVM with `-cpu max`, as the appliance will.
+def kvm_works(device: Path = Path("/dev/kvm"), kernel: Path | None = None) -> bool:
+    """True when qemu boots the appliance's kernel under KVM with `-cpu max`, as libguestfs will.
 
-    Opening /dev/kvm is not enough: under some nested hypervisors qemu aborts on the first
-    MSR it sets. A 64 KiB BIOS that exits through isa-debug-exit tells in a fraction of a
-    second.
+    Opening /dev/kvm is not enough, nor is running a vCPU in real mode: under some nested
+    hypervisors qemu aborts on the first MSR it sets, under others the firmware runs and
+    the kernel hangs as it leaves real mode, with qemu at 100% CPU. So the probe boots the
+    very kernel the appliance will boot and waits for the line it prints once it runs
+    (under KVM within a second; hung, or under TCG, never within the probe's time).
     """
     qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None or not os.access(device, os.R_OK | os.W_OK):
+    kernel = kernel or appliance_kernel()
+    if qemu is None or kernel is None or not os.access(device, os.R_OK | os.W_OK):
         return False
-    with tempfile.TemporaryDirectory(prefix="hyper2kvm-kvm-") as scratch:
-        bios = Path(scratch) / "probe.bin"
-        image = bytearray(b"\xf4" * 65536)
-        image[-16 : -16 + len(_PROBE_CODE)] = _PROBE_CODE
-        bios.write_bytes(bytes(image))
-        argv = [
-            qemu,
-            *("-accel", "kvm", "-cpu", "max", "-machine", "pc", "-m", "16"),
-            *("-nodefaults", "-no-user-config", "-display", "none"),
-            *("-bios", str(bios), "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"),
-        ]
-        try:
-            done = subprocess.run(argv, capture_output=True, timeout=_PROBE_SECONDS, check=False)
-        except subprocess.TimeoutExpired:
+    argv = [
+        qemu,
+        *("-accel", "kvm", "-cpu", "max", "-machine", "pc", "-m", "256"),
+        *("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"),
+        *("-serial", "stdio", "-kernel", str(kernel)),
+        *("-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1 edd=off"),
+    ]
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        return _prints_within(process, _KERNEL_BANNER, _PROBE_SECONDS)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _prints_within(process: subprocess.Popen[bytes], marker: bytes, seconds: float) -> bool:
+    """Whether `process` writes `marker` on stdout before `seconds` pass or it exits."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + seconds
+    seen = b""
+    fd = process.stdout.fileno()
+    os.set_blocking(fd, False)
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return False
-    return done.returncode == _PROBE_EXIT
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return False  # qemu exited without booting it
+            seen = (seen + chunk)[-4096:]
+    return True
+
+
+def appliance_kernel(
+    environ: Mapping[str, str] = os.environ,
+    boot: Path = Path("/boot"),
+    modules: Path = Path("/lib/modules"),
+) -> Path | None:
+    """The kernel libguestfs' appliance boots: the fixed appliance's, or the one supermin
+    takes from this node (SUPERMIN_KERNEL, else the newest readable /boot/vmlinuz-VERSION
+    with /lib/modules/VERSION beside it)."""
+    fixed = environ.get("LIBGUESTFS_PATH")
+    if fixed and (Path(fixed) / "kernel").is_file():
+        return Path(fixed) / "kernel"
+    if environ.get("SUPERMIN_KERNEL"):
+        return Path(environ["SUPERMIN_KERNEL"])
+    usable = [
+        path
+        for path in sorted(boot.glob("vmlinuz-*"))
+        if os.access(path, os.R_OK) and (modules / path.name.removeprefix("vmlinuz-")).is_dir()
+    ]
+    return usable[-1] if usable else None
 
 
 def choose_accelerator() -> Accelerator:
@@ -85,7 +130,43 @@ def choose_accelerator() -> Accelerator:
         return Accelerator("tcg", f"no {device} (not on this node, or not given to the Pod)")
     if not os.access(device, os.R_OK | os.W_OK):
         return Accelerator("tcg", f"{device} is not accessible to this user")
-    return Accelerator("tcg", f"{device} is present but qemu cannot run a KVM vCPU here")
+    return Accelerator(
+        "tcg", f"{device} is present but the appliance kernel does not boot under KVM"
+    )
+
+
+def appliance_problem(
+    environ: Mapping[str, str] = os.environ,
+    boot: Path = Path("/boot"),
+    modules: Path = Path("/lib/modules"),
+) -> str | None:
+    """What keeps libguestfs from having an appliance on this node, or None when nothing.
+
+    Either LIBGUESTFS_PATH holds a fixed appliance, or supermin builds one from this
+    node's own kernel (see appliance_kernel), which is exactly what supermin looks for.
+    """
+    fixed = environ.get("LIBGUESTFS_PATH")
+    if fixed:
+        directory = Path(fixed)
+        if all((directory / name).is_file() for name in _APPLIANCE_FILES):
+            return None
+        if not (directory / "supermin.d").is_dir():
+            return (
+                f"LIBGUESTFS_PATH={fixed} holds no appliance (neither kernel, initrd and root "
+                "nor supermin.d)"
+            )
+    kernel = appliance_kernel(environ, boot, modules)
+    if kernel is not None:
+        return None if os.access(kernel, os.R_OK) else f"SUPERMIN_KERNEL={kernel} is not readable"
+    if any(boot.glob("vmlinuz-*")):
+        return (
+            f"no kernel in {boot} is both readable by this user and has {modules}/VERSION "
+            "beside it: libguestfs' supermin cannot build its appliance"
+        )
+    return (
+        f"no Linux kernel in {boot} for libguestfs' supermin appliance: install "
+        f"{KERNEL_PACKAGE} on the node, or point LIBGUESTFS_PATH at a fixed appliance"
+    )
 
 
 @dataclass(frozen=True)
@@ -120,7 +201,10 @@ class GuestFish:
         fish = cls(runner, accelerator)
         try:
             fish._start(drives)
-            fish.call("run")
+            try:
+                fish.call("run")
+            except GuestFishError as error:
+                raise fish._launch_failure(error) from error
             yield fish
         finally:
             fish._stop()
@@ -153,6 +237,26 @@ class GuestFish:
             message = self._log.read().decode(errors="replace").strip()[-300:]
             raise TransientFailure(Reason.TOOL_FAILED, f"guestfish --listen failed: {message}")
         self._pid = int(match.group(1))
+
+    def _launch_failure(self, error: GuestFishError) -> TransientFailure:
+        """Why the appliance did not start: what the node lacks, else libguestfs' words.
+
+        libguestfs prints a failed launch to the listener's stderr, not to the `run` call's.
+        """
+        detail = appliance_problem() or self._listener_errors() or error.detail
+        return TransientFailure(
+            Reason.TOOL_FAILED, f"libguestfs could not start its appliance: {detail}"
+        )
+
+    def _listener_errors(self) -> str:
+        if self._log is None:
+            return ""
+        # The listener writes through the same file offset: read, then put it back at the end.
+        self._log.seek(0)
+        text = self._log.read().decode(errors="replace")
+        self._log.seek(0, os.SEEK_END)
+        errors = [line for line in text.splitlines() if line.startswith("libguestfs: error:")]
+        return _error_text("\n".join(errors[-2:])) if errors else ""
 
     def _stop(self) -> None:
         """Shut the appliance down cleanly, or at once when the job is cancelled."""
