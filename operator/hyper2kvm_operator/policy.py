@@ -16,14 +16,27 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-def classify(exit_code: int) -> Outcome:
+OOM_KILLED = "OOMKilled"  # what kubelet reports for a container killed at its memory limit
+
+
+def classify(exit_code: int, killed_by: str | None = None) -> Outcome:
+    """`killed_by` is the terminated container state's reason, as kubelet reports it."""
     if exit_code == ExitCode.OK:
         return Outcome.SUCCEEDED
-    if exit_code in (ExitCode.PERMANENT, ExitCode.USAGE):
+    if exit_code in (ExitCode.PERMANENT, ExitCode.USAGE) or killed_by == OOM_KILLED:
+        # The same job under the same memory limit would be killed again.
         return Outcome.PERMANENT
     if exit_code == ExitCode.CANCELLED:
         return Outcome.CANCELLED
-    return Outcome.TRANSIENT  # 75, internal errors, and kills (137 = OOM) may pass
+    return Outcome.TRANSIENT  # 75, internal errors, and other kills may pass
+
+
+def oom_message(limit: str | None) -> str:
+    at = f"its memory limit of {limit}" if limit else "its memory limit"
+    return (
+        f"the worker was killed at {at}: raise spec.resources.limits.memory "
+        "(or the chart's worker.resources.limits.memory)"
+    )
 
 
 def backoff_seconds(attempt: int, base: float, ceiling: float, rng: random.Random) -> float:

@@ -351,11 +351,17 @@ async def _follow_attempt(
             await move(op, body, Phase.FAILED, cond.TIMED_OUT, f"ran longer than {limit}s")
             return
         elif (terminated := _terminated(pod)) is not None:
-            await finish(op, body, terminated, logger)
+            await finish(op, body, terminated, _memory_limit(pod), logger)
             return
         else:
             last_written = await mirror(op, body, pod, last_written)
         await op.pause(key, op.settings.status_interval_seconds)
+
+
+def _memory_limit(pod: Body) -> str | None:
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    limit = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory")
+    return str(limit) if limit else None
 
 
 def _terminated(pod: Body) -> dict[str, Any] | None:
@@ -415,12 +421,14 @@ async def finish(
     op: Operator,
     body: Body,
     terminated: dict[str, Any],
+    memory_limit: str | None,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> None:
     op.slot_freed_at = time.time()
     exit_code = int(terminated.get("exitCode", 1))
     result = parse_result(terminated.get("message"))
-    outcome = policy.classify(exit_code)
+    killed_by = terminated.get("reason")
+    outcome = policy.classify(exit_code, killed_by)
     spec = MigrationJobSpec.model_validate(body["spec"])
     locations = {d.name: status.output_location(d.output) for d in spec.disks if d.output}
     fields = status.result_fields(result, locations) if result is not None else {}
@@ -434,9 +442,9 @@ async def finish(
         op.written[key_of(body)] = {**current, "history": history}
     error = result.error if result is not None else None
     reason = error.reason if error else f"ExitCode{exit_code}"
-    message = (
-        error.message if error else terminated.get("reason") or f"worker exit code {exit_code}"
-    )
+    message = error.message if error else killed_by or f"worker exit code {exit_code}"
+    if killed_by == policy.OOM_KILLED:
+        reason, message = policy.OOM_KILLED, policy.oom_message(memory_limit)
     if outcome is policy.Outcome.SUCCEEDED:
         await move(op, body, Phase.SUCCEEDED, cond.COMPLETED, "all disks done", **fields)
         attempt = current_status(op, body).get("attempt")

@@ -23,13 +23,18 @@ JOB_FILE_DIR = "/etc/hyper2kvm"
 WORKER_UID = 10001  # the worker image's user
 # The volumes' group is the worker's, so a freshly provisioned output or scratch claim
 # (owned by root) is writable without an init container; OnRootMismatch skips the walk over
-# a volume already right. NFS ignores fsGroup: export it writable for this uid or group.
+# a volume already right. NFS and hostPath ignore fsGroup: make those writable for this uid
+# or group. The user goes with the group: containerd refuses to start a Pod sandbox whose
+# group is set without a user. A privileged offline_fix container overrides the user.
 POD_SECURITY_CONTEXT = {
+    "runAsUser": WORKER_UID,
     "runAsGroup": WORKER_UID,
     "fsGroup": WORKER_UID,
     "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
 }
 TERMINATION_LOG = "/dev/termination-log"
+TMP_SIZE = "64Mi"  # /tmp holds sockets and small files only; scratch space is SCRATCH
 
 
 def pod_name(job: str, attempt: int) -> str:
@@ -136,10 +141,14 @@ def worker_pod(
     volumes: list[dict[str, Any]] = [
         {"name": "job", "configMap": {"name": configmap_name(name, attempt)}},
         {"name": "scratch", **scratch_volume(settings)},
+        # The root filesystem is read-only, and libnbd makes its socket directory under /tmp
+        # whatever TMPDIR says (nbdcopy of a qemu-nbd source, for digests).
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "job", "mountPath": JOB_FILE_DIR, "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir, not shared /tmp
     ]
     for volume in plan.volumes:
         if volume.claim_name is not None:
@@ -176,15 +185,14 @@ def worker_pod(
             f"{JOB_FILE_DIR}/job.json",
             "--result",
             TERMINATION_LOG,
-            # The Pod IP, not 0.0.0.0: the operator reads progress there, and runtimes that
-            # share one network namespace between Pods (the test node agent) need it.
+            # Every address of the Pod's own network namespace: the operator reads progress
+            # on the Pod IP, `kubectl port-forward` on its loopback.
             "--listen",
-            f"$(POD_IP):{settings.worker_port}",
+            f"0.0.0.0:{settings.worker_port}",
         ],
         "env": [
             {"name": "TMPDIR", "value": SCRATCH},
             {"name": "LIBGUESTFS_CACHEDIR", "value": SCRATCH},  # the root filesystem is read-only
-            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         ],

@@ -204,7 +204,10 @@ def test_policy() -> None:
     assert policy.classify(0) is policy.Outcome.SUCCEEDED
     assert policy.classify(3) is policy.Outcome.PERMANENT
     assert policy.classify(75) is policy.Outcome.TRANSIENT
-    assert policy.classify(137) is policy.Outcome.TRANSIENT  # OOM-killed
+    assert policy.classify(137) is policy.Outcome.TRANSIENT  # killed: a retry may pass
+    # Killed at its memory limit: the same limit kills it again.
+    assert policy.classify(137, "OOMKilled") is policy.Outcome.PERMANENT
+    assert "limit of 64Mi" in policy.oom_message("64Mi")
     assert policy.classify(143) is policy.Outcome.CANCELLED
     rng = random.Random(7)
     delays = [policy.backoff_seconds(n, 10, 60, rng) for n in (1, 2, 3, 4, 5)]

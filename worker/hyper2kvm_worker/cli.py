@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from hyper2kvm_worker import __version__, console, volume_map
+from hyper2kvm_worker import __version__, console
 from hyper2kvm_worker.errors import ExitCode, Reason
 from hyper2kvm_worker.events import EventSink
 from hyper2kvm_worker.job_runner import JobRunner
@@ -283,7 +282,6 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
 
     try:
         job = Job.model_validate_json(args.job.read_bytes())
-        job = volume_map.translate(job, volume_map.parse(os.environ.get(volume_map.ENV)))
     except (OSError, ValidationError, ValueError) as error:
         message = _job_error(args.job, error)
         _write_result(args.result, _refused(message))

@@ -219,8 +219,11 @@ def check_output(output: Output) -> Path:
             Reason.OUTPUT_NOT_WRITABLE, f"cannot create output directory {final.parent}: {exc}"
         ) from exc
     if not os.access(final.parent, os.W_OK | os.X_OK):
+        # In a Pod the user is the image's: hostPath and NFS folders keep their own owner.
         raise BadInput(
-            Reason.OUTPUT_NOT_WRITABLE, f"output directory {final.parent} is not writable"
+            Reason.OUTPUT_NOT_WRITABLE,
+            f"output directory {final.parent} is not writable by uid {os.getuid()} "
+            f"gid {os.getgid()}: give that user or group write access to it",
         )
     if final.exists() and not output.overwrite:
         raise BadInput(
