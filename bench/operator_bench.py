@@ -1,6 +1,7 @@
 """The operator under load: 200 inspect jobs at once on 4 nodes of 5 slots each.
 
-Against the local control plane with the test node agent (`hack/cluster.sh`). Prints
+Against the local test cluster with real nodes (`hack/cluster.sh`): worker Pods run the
+worker image in containers. Prints
 scheduling latency (from the moment a job could run to its worker Pod, p50/p99), progress-
 to-status latency (the operator's histogram), API writes per job (counted by the API
 server), the operator's peak RSS, and the wall time against the floor: the same 200 worker
@@ -150,6 +151,7 @@ def main() -> int:
         print("kubectl is missing", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="hyper2kvm-opbench-"))
+    work.chmod(0o755)  # the disk is read through hostPath by the worker image's user
     state = work / "cluster"
     env = {**os.environ, "HYPER2KVM_CLUSTER_NODES": str(NODES)}
     disk = work / "small.vmdk"
@@ -196,9 +198,16 @@ def main() -> int:
             ),
         )
         metrics_port = free_port()
+        images = Path(
+            subprocess.run(
+                [str(REPO / "hack/images.sh"), "--print-dir"], check=True, capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )  # fmt: skip
         operator_env = {
             **env,
-            "HYPER2KVM_WORKER_COMMAND": str(BIN / "hyper2kvm-worker"),
+            "HYPER2KVM_WORKER_IMAGE": (images / "worker.ref").read_text().strip(),
+            "HYPER2KVM_WORKER_PULL_POLICY": "Never",
             "HYPER2KVM_METRICS_PORT": str(metrics_port),
         }
         log = (work / "operator.log").open("wb")

@@ -5,8 +5,10 @@ CLUSTER_STATE ?= $(HYPER2KVM_CACHE)/cluster
 
 .PHONY: cluster-binaries cluster-up cluster-down
 
-cluster-binaries: ## build kube-apiserver, controller-manager, scheduler and etcd once (cached)
-	@hack/k8s/build.sh
+cluster-binaries: ## build the control plane, kubelet, kube-proxy, containerd and the images once (cached)
+	@hack/k8s/build.sh >/dev/null
+	@hack/node/build.sh >/dev/null
+	@hack/images.sh >/dev/null
 
 cluster-up: cluster-binaries venv ## start a local cluster in the background; prints its KUBECONFIG
 	@PYTHON=$(PYTHON) hack/cluster.sh up $(CLUSTER_STATE)

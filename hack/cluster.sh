@@ -1,16 +1,15 @@
 #!/usr/bin/env bash
-# A local Kubernetes control plane plus the test node agent, for manual use and the demo.
+# A local Kubernetes cluster (control plane and real nodes), for manual use and the demo.
 #
 #   hack/cluster.sh up    [STATE_DIR]   build if needed, start in the background, print KUBECONFIG
 #   hack/cluster.sh down  [STATE_DIR]   stop everything that "up" started
 #   hack/cluster.sh env   [STATE_DIR]   print "export KUBECONFIG=..." for eval
-#   hack/cluster.sh agent [STATE_DIR]   only the node agent, in the foreground, against the
-#                                       cluster of $KUBECONFIG (e.g. kind or a real one)
 #
 # STATE_DIR defaults to ${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}/cluster. It holds the
 # kubeconfig, certificates, etcd data, component logs (logs/), the supervisor's log
-# (harness.log) and the node agent's pods (agent/pods/) and volumes (agent/pvc/).
-# HYPER2KVM_CLUSTER_NODES sets how many Nodes the agent registers (default 2).
+# (harness.log), each node's kubelet, containerd and logs (nodes/NAME/) and the claims'
+# volumes (volumes/). HYPER2KVM_CLUSTER_NODES sets how many nodes run (default 2). Needs
+# root: the nodes are network, mount and PID namespaces of this machine.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +30,10 @@ case "$cmd" in
       echo "$state/kubeconfig"
       exit 0
     fi
+    # Built (or found in the cache) before the supervisor starts, so that a cold build shows.
     bash "$root/hack/k8s/build.sh" >/dev/null
+    bash "$root/hack/node/build.sh" >/dev/null
+    bash "$root/hack/images.sh" >/dev/null
     mkdir -p "$state"
     rm -f "$state/ready"
     # The supervisor owns every component: stopping it (down) tears all of them down, and
@@ -68,13 +70,8 @@ case "$cmd" in
   env)
     echo "export KUBECONFIG=$state/kubeconfig"
     ;;
-  agent)
-    : "${KUBECONFIG:?set KUBECONFIG to the cluster the nodes should join}"
-    cd "$root"
-    exec "$python" -m tests.cluster.harness agent --state-dir "$state/agent-only" --nodes "$nodes"
-    ;;
   *)
-    sed -n '2,14p' "$0" >&2
+    sed -n '2,13p' "$0" >&2
     exit 2
     ;;
 esac

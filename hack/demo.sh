@@ -59,23 +59,30 @@ python3 -m json.tool "$demo/result.json"
 
 rm -rf "$demo/rootfs" "$demo/root.ext4" "$demo/root.swap"
 
-say "7. The operator, installed with its Helm chart on a local control plane (built once, cached)"
+say "7. The operator, installed with its Helm chart on a local cluster: the images built here, run by real nodes"
 state="$PWD/$demo/cluster"
 cleanup() {
     hack/cluster.sh down "$state" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-# The test node agent runs each Pod's command as a local process (there is no container
-# runtime here): the operator and worker commands come from the virtualenv, as from images.
-export PATH="$PWD/.venv/bin:$PATH"
+images="$(hack/images.sh)"   # built once and cached; imported into every node
+hack/images.sh --sizes
+image_values=""
+for component in operator worker; do
+    ref="$(cat "$images/$component.ref")"
+    image_values+=" --set $component.image.repository=${ref%:*} --set $component.image.tag=${ref##*:}"
+    image_values+=" --set $component.image.pullPolicy=Never"   # no registry: never pulled
+done
 export KUBECONFIG
 KUBECONFIG="$(hack/cluster.sh up "$state")"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-make -s deploy NAMESPACE=hyper2kvm-system HELM_ARGS="--set operator.replicas=1 \
-    --set metrics.port=$(free_port) --set operator.livenessPort=$(free_port)" | sed '/^2\./,$d'
+kubectl get nodes -o wide
+make -s deploy NAMESPACE=hyper2kvm-system HELM_ARGS="--set operator.replicas=1 $image_values" \
+    | sed '/^2\./,$d'
 make -s label-nodes NODES="$(kubectl get nodes -o jsonpath='{.items[*].metadata.name}')" >/dev/null
 make -s status NAMESPACE=hyper2kvm-system
-mkdir -p "$demo/kvm-cluster"
+# hostPath keeps the node's ownership (fsGroup does not apply to it): the worker's user
+# (10001, non-root in its image) must own the folder it writes.
+install -d -o 10001 -g 10001 "$demo/kvm-cluster"
 cat > "$demo/migrationjob.yaml" <<MJ
 apiVersion: hyper2kvm.io/v1alpha1
 kind: MigrationJob

@@ -19,6 +19,13 @@ packages=(
     tar                 # the nbdkit tar filter runs it
     prometheus          # promtool: the chart's alert rules are unit-tested with it
     lua5.1              # the Argo CD health check (Argo CD runs Lua 5.1) is tested with it
+    buildah             # make images: builds the Dockerfiles with no daemon and no registry
+    gcc                 # the pause image's program (Kubernetes' pause.c), built static
+    libc6-dev           #   with its static C library
+    runc                # the test cluster's nodes: containerd runs containers with it
+    containernetworking-plugins  # their Pod networks (bridge, host-local, portmap, loopback)
+    iptables            # kube-proxy's Service rules and the CNI bridge's, inside each node
+    mount               # losetup: loop devices behind the test cluster's Block volumes
 )
 
 missing=()

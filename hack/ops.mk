@@ -40,5 +40,6 @@ status: ## operator, CRD, worker nodes with free slots, jobs by phase
 capabilities: ## the worker's capability report from every worker node
 	@$(OPS) capabilities
 
-images: ## build both images with docker, podman or buildah (IMAGE_PREFIX, VERSION)
+images: ## build the images here with buildah, on a Debian base made here (IMAGE_PREFIX, VERSION)
 	@hack/images.sh
+	@hack/images.sh --sizes

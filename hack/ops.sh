@@ -142,9 +142,10 @@ cmd_status() {
 }
 
 cmd_capabilities() {
-  local label image command nodes node pod rc=0
+  local label image policy command nodes node pod rc=0
   label="$(operator_setting HYPER2KVM_NODE_LABEL hyper2kvm.io/worker)"
   image="$(operator_setting HYPER2KVM_WORKER_IMAGE "")"
+  policy="$(operator_setting HYPER2KVM_WORKER_PULL_POLICY IfNotPresent)"
   command="$(operator_setting HYPER2KVM_WORKER_COMMAND hyper2kvm-worker)"
   [[ -n "$image" ]] || die "capabilities: no operator release $RELEASE in $NAMESPACE (make deploy first)"
   nodes="$(kubectl get nodes -l "$label=true" -o jsonpath='{.items[*].metadata.name}')"
@@ -164,11 +165,18 @@ spec:
   nodeName: $node
   restartPolicy: Never
   automountServiceAccountToken: false
-  securityContext: {runAsNonRoot: true, runAsUser: 10001, seccompProfile: {type: RuntimeDefault}}
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 10001
+    runAsGroup: 10001
+    seccompProfile: {type: RuntimeDefault}
+  volumes: [{name: tmp, emptyDir: {sizeLimit: 64Mi}}]
   containers:
     - name: capabilities
       image: $image
+      imagePullPolicy: ${policy:-IfNotPresent}
       command: [${argv%,}]
+      volumeMounts: [{name: tmp, mountPath: /tmp}]
       securityContext:
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true

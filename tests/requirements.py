@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from hyper2kvm_worker import libguestfs
 
@@ -32,7 +33,27 @@ COMMANDS = {
     "promtool": "prometheus",
     "lua5.1": "lua5.1",
     "openssl": "openssl",
+    # The local cluster's nodes and images (tests/cluster/harness)
+    "kubectl": "kubectl",
+    "nsenter": "util-linux",
+    "unshare": "util-linux",
+    "losetup": "mount",
+    "runc": "runc",
+    "iptables": "iptables",
+    "buildah": "buildah",
+    "gcc": "gcc",
 }
+CNI_PLUGINS = Path("/usr/lib/cni")  # Debian's containernetworking-plugins puts them here
+
+
+def _cni_plugins() -> str | None:
+    missing = [name for name in ("bridge", "host-local", "loopback", "portmap")
+               if not (CNI_PLUGINS / name).is_file()]  # fmt: skip
+    return (
+        f"containernetworking-plugins (no {', '.join(missing)} in {CNI_PLUGINS})"
+        if missing
+        else None
+    )
 
 
 # Needs that are not a command on PATH -> a check returning what is missing, or None.
@@ -40,8 +61,11 @@ CHECKS: dict[str, Callable[[], str | None]] = {
     # supermin builds libguestfs' appliance from the machine's kernel; the problem names
     # the package to install.
     "kernel": libguestfs.appliance_problem,
+    "cni-plugins": _cni_plugins,
 }
 WORKER_TOOLS = ("qemu-img", "qemu-nbd", "nbdkit", "nbdcopy", "nbdinfo", "blkid")
+CLUSTER_TOOLS = ("kubectl", "openssl", "setpriv", "nsenter", "unshare", "losetup", "runc",
+                 "iptables", "cni-plugins", "buildah", "debootstrap", "gcc")  # fmt: skip
 
 
 def known(need: str) -> bool:

@@ -2,7 +2,7 @@
 # Build the upstream control-plane binaries for the cluster tests from Go modules.
 #
 # Output: ${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}/k8s-<version>/bin/
-#   kube-apiserver kube-controller-manager kube-scheduler etcd
+#   kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy etcd
 # A second run finds the binaries and returns at once. Versions come from go.mod
 # (Kubernetes) and etcd/go.mod (etcd), so bumping a release is a go.mod edit.
 set -euo pipefail
@@ -27,7 +27,7 @@ etcd_version="$(mod_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)"
   echo "build.sh: cannot read versions from go.mod files" >&2; exit 1; }
 
 out="$cache/k8s-$k8s_version/bin"
-bins=(kube-apiserver kube-controller-manager kube-scheduler etcd)
+bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy etcd)
 
 if [[ "${1:-}" == "--print-bin-dir" ]]; then
   echo "$out"; exit 0

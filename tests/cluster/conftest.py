@@ -1,9 +1,10 @@
-"""Fixtures for tests against a real Kubernetes API.
+"""Fixtures for tests against a real Kubernetes cluster.
 
-Default: a local control plane (tests/cluster/harness) plus the test node agent, started
-once per session. With KUBECONFIG set, that cluster is used instead and nothing is started;
-tests that need Pods to run locally then skip, unless HYPER2KVM_CLUSTER_NODE_AGENT=1 asks
-for the node agent to join that cluster with its own Nodes.
+Default: a local cluster (tests/cluster/harness): the control plane and two real nodes
+(kubelet, kube-proxy, containerd, runc) running the project's own images, started once per
+session. With KUBECONFIG set, that cluster is used instead and nothing is started: the
+tests that need the local cluster (its host folders, its network, its nodes' processes)
+skip, and worker nodes are the ones labelled hyper2kvm.io/worker=true there.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import cast
 
 import pytest
 from kubernetes import client as k8s_client
-from tests.cluster.harness.controlplane import ControlPlane, ensure_binaries
+from tests import requirements
+from tests.cluster.harness.cluster import WORKER_LABEL, LocalCluster
 from tests.cluster.harness.kube import Kube, api_client_from_kubeconfig
-from tests.cluster.harness.node_agent import WORKER_LABEL, NodeAgent
 from tests.cluster.harness.processes import wait_until
 
-AGENT_LABEL = "hyper2kvm.io/agent"
+SESSION_LABEL = "hyper2kvm.io/test-session"
+WORKER_UID = 10001  # the images' user
 
 
 @dataclass
@@ -32,29 +34,52 @@ class Cluster:
     kubeconfig: Path
     api_client: k8s_client.ApiClient
     kube: Kube
-    agent: NodeAgent | None
-    local: bool
+    local: LocalCluster | None
     start_seconds: float
     nodes: tuple[str, ...]
-    # Matches only this session's nodes, even on a cluster where other agents run too.
+    # Matches only this session's nodes, even on a cluster where other nodes are workers too.
     selector: dict[str, str]
 
     @property
     def configuration(self) -> k8s_client.Configuration:
         return cast(k8s_client.Configuration, self.api_client.configuration)
 
-    def require_agent(self) -> NodeAgent:
-        if self.agent is None:
+    def require_local(self) -> LocalCluster:
+        if self.local is None:
             pytest.skip(
-                "needs the test node agent: KUBECONFIG points at an existing cluster; set "
-                "HYPER2KVM_CLUSTER_NODE_AGENT=1 to let the agent add its Nodes to it"
+                "needs the local test cluster (its host folders, network and node processes): "
+                "KUBECONFIG points at another cluster"
             )
-        return self.agent
+        return self.local
+
+    @property
+    def host_address(self) -> str:
+        """Where servers of the tests listen so that Pods reach them."""
+        return self.require_local().host_address
+
+    def image(self, name: str) -> str:
+        """The reference of a project image (worker, operator, base) on the local nodes."""
+        return self.require_local().images.ref(name)
+
+    def image_values(self) -> list[str]:
+        """The chart's `--set` values that run the project's own images on the local nodes."""
+        values = []
+        for component in ("operator", "worker"):
+            repository, _, tag = self.image(component).rpartition(":")
+            values += [
+                f"{component}.image.repository={repository}",
+                f"{component}.image.tag={tag}",
+                # Imported into the nodes' containerd; there is no registry to pull from.
+                f"{component}.image.pullPolicy=Never",
+            ]
+        return values
 
     def kubectl_env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
-    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, stdin: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """The real kubectl against this cluster; the caller checks the outcome."""
         return subprocess.run(
             ["kubectl", *args],
@@ -62,61 +87,59 @@ class Cluster:
             capture_output=True,
             text=True,
             env=self.kubectl_env(),
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
 
 
-def _agent(api: k8s_client.ApiClient, state: Path, session: str, *, local: bool) -> NodeAgent:
-    prefix = "hyper2kvm" if local else f"h2k-{session}"
-    return NodeAgent(
-        api,
-        state / "agent",
-        nodes=(f"{prefix}-node-1", f"{prefix}-node-2"),
-        labels={AGENT_LABEL: session},
-        # On a cluster that is not ours, make no StorageClass the default.
-        default_storage_class=local,
-    )
+def host_folder(path: Path, *, writable: bool) -> Path:
+    """A folder for a hostPath volume. hostPath keeps the node's ownership (fsGroup does not
+    apply to it), so a folder the worker writes must belong to the worker's user."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    if writable:
+        os.chown(path, WORKER_UID, WORKER_UID)
+    return path
 
 
-def _cluster(
-    kubeconfig: Path,
-    api: k8s_client.ApiClient,
-    agent: NodeAgent | None,
-    started: float,
-    *,
-    local: bool,
-) -> Cluster:
-    nodes = agent.nodes if agent else ()
-    selector = {WORKER_LABEL: "true", AGENT_LABEL: agent.labels[AGENT_LABEL]} if agent else {}
-    elapsed = time.monotonic() - started
-    return Cluster(kubeconfig, api, Kube(api), agent, local, elapsed, nodes, selector)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every cluster test needs what the local cluster runs (checked before any test runs)."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.needs(*requirements.CLUSTER_TOOLS))
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     external = os.environ.get("KUBECONFIG")
-    state = tmp_path_factory.mktemp("cluster")
-    session = secrets.token_hex(3)
     started = time.monotonic()
     if external:
-        api = api_client_from_kubeconfig(external.split(os.pathsep)[0])
-        agent = None
-        if os.environ.get("HYPER2KVM_CLUSTER_NODE_AGENT") == "1":
-            agent = _agent(api, state, session, local=False)
-            agent.start()
-        try:
-            yield _cluster(Path(external.split(os.pathsep)[0]), api, agent, started, local=False)
-        finally:
-            if agent is not None:
-                agent.stop()
+        path = Path(external.split(os.pathsep)[0])
+        api = api_client_from_kubeconfig(str(path))
+        kube = Kube(api)
+        selector = {WORKER_LABEL: "true"}
+        nodes = tuple(
+            node["metadata"]["name"]
+            for node in kube.get("/api/v1/nodes", labelSelector=f"{WORKER_LABEL}=true")["items"]
+        )
+        yield Cluster(path, api, kube, None, time.monotonic() - started, nodes, selector)
         return
 
-    plane = ControlPlane(state_dir=state, bin_dir=ensure_binaries())
-    with plane:
-        api = api_client_from_kubeconfig(str(plane.kubeconfig))
-        with _agent(api, state, session, local=True) as agent:
-            yield _cluster(plane.kubeconfig, api, agent, started, local=True)
+    session = secrets.token_hex(3)
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), labels={SESSION_LABEL: session})
+    with local:
+        api = api_client_from_kubeconfig(str(local.kubeconfig))
+        selector = {WORKER_LABEL: "true", SESSION_LABEL: session}
+        yield Cluster(
+            local.kubeconfig,
+            api,
+            Kube(api),
+            local,
+            time.monotonic() - started,
+            local.nodes,
+            selector,
+        )
 
 
 @pytest.fixture

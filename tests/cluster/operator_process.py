@@ -1,4 +1,5 @@
-"""The operator as a real process (`hyper2kvm-operator`), so tests can kill and restart it."""
+"""The operator as a real process on the host (`hyper2kvm-operator`), so tests can kill and
+restart it; its worker Pods run the worker image on the cluster's nodes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 TEST_SETTINGS = {
-    "HYPER2KVM_WORKER_COMMAND": str(BIN / "hyper2kvm-worker"),
+    # Images are imported into the nodes, never pulled.
+    "HYPER2KVM_WORKER_PULL_POLICY": "Never",
     "HYPER2KVM_STATUS_INTERVAL": "1",
     "HYPER2KVM_BACKOFF_BASE": "1",
     "HYPER2KVM_BACKOFF_MAX": "2",
@@ -27,7 +29,7 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log: Path, priority: int = 100) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, worker_image: str, priority: int = 100) -> None:
         self.metrics_port = free_port()
         self.log = log
         self.priority = priority
@@ -35,6 +37,7 @@ class OperatorProcess:
             **os.environ,
             **TEST_SETTINGS,
             "KUBECONFIG": str(kubeconfig),
+            "HYPER2KVM_WORKER_IMAGE": worker_image,
             "HYPER2KVM_METRICS_PORT": str(self.metrics_port),
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -1,8 +1,6 @@
-"""The Helm chart on the real control plane: it validates, installs, and its operator works
-with nothing but the chart's ServiceAccount and RBAC.
-
-The node agent runs the chart's operator Pod like any other: its only credential is the
-service-account token projected into the Pod (see pod_process.py).
+"""The Helm chart on the real cluster: it validates, installs, and its operator (the
+operator image, in its Deployment's container) works with nothing but the chart's
+ServiceAccount and RBAC: its only credential is the token kubelet projects into the Pod.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import os
 import re
 import secrets
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,14 +22,12 @@ import yaml
 from tests.chart.helm import ALL_ON, helm_binary
 from tests.cluster.conftest import Cluster
 from tests.cluster.harness.processes import wait_until
-from tests.cluster.operator_process import free_port
 from tests.worker.images import MiB, make_raw, same_content, to_vmdk
 
 from hyper2kvm_operator.api import MigrationJobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "hyper2kvm"
-BIN = Path(sys.executable).parent
 RELEASE = "h2k"
 FULLNAME = "h2k-hyper2kvm"
 
@@ -74,26 +69,19 @@ def chart_release(
 ) -> Iterator[tuple[list[str], str]]:
     """The chart installed as `release` with test settings plus `values` (each a --set):
     yields the helm arguments and helm's output, then uninstalls and removes `namespace`."""
-    cluster.require_agent()
-    # The Pods' commands are found on PATH, as they would be in the images.
-    path = os.environ["PATH"]
-    os.environ["PATH"] = f"{BIN}{os.pathsep}{path}"
     try:
         install = [
             "upgrade", "--install", release, str(CHART),
             "--namespace", namespace, "--create-namespace", "--wait", "--timeout", "3m",
             "--set", "operator.replicas=1",
-            "--set", f"metrics.port={free_port()}",
-            "--set", f"operator.livenessPort={free_port()}",
             "--set", "operator.verbose=true",
             "--set", "operator.statusIntervalSeconds=1",
         ]  # fmt: skip
-        for value in values:
+        for value in [*cluster.image_values(), *values]:
             install += ["--set", value]
         yield install, helm(cluster, *install)
         helm(cluster, "uninstall", release, "--namespace", namespace, "--wait")
     finally:
-        os.environ["PATH"] = path
         cluster.kube.delete(f"/api/v1/namespaces/{namespace}")
 
 
@@ -131,13 +119,12 @@ def claim_dir(cluster: Cluster, namespace: str, claim: str) -> Path:
 
     volume = wait_until(bound, timeout=60, what=f"claim {claim} bound")
     pv = cluster.kube.get(f"/api/v1/persistentvolumes/{volume}")
-    return Path(pv["spec"]["hostPath"]["path"])
+    return Path(pv["spec"]["local"]["path"])
 
 
 def operator_log(cluster: Cluster, namespace: str, release: str = RELEASE) -> str:
-    meta = operator_pod(cluster, namespace, release)["metadata"]
-    directory = cluster.require_agent().pod_dir(meta["namespace"], meta["name"], meta["uid"])
-    return (directory / "operator.log").read_text(errors="replace")
+    name = operator_pod(cluster, namespace, release)["metadata"]["name"]
+    return kubectl(cluster, "logs", "-n", namespace, name)
 
 
 def permission_denials(log: str) -> list[str]:

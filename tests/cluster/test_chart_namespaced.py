@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, host_folder
 from tests.cluster.harness.processes import wait_until
 from tests.cluster.test_chart_install import (
     chart_release,
@@ -50,11 +50,11 @@ def release(cluster: Cluster) -> Iterator[NamespacedRelease]:
 def test_operator_runs_jobs_in_its_namespaces_only(
     cluster: Cluster, release: NamespacedRelease, tmp_path: Path
 ) -> None:
-    raw = make_raw(tmp_path / "vm.raw", 32 * MiB, [(0, 2 * MiB)])
-    vmdk = to_vmdk(raw, tmp_path / "vm.vmdk", "monolithicSparse")
+    disks = host_folder(tmp_path / "disks", writable=False)
+    raw = make_raw(disks / "vm.raw", 32 * MiB, [(0, 2 * MiB)])
+    vmdk = to_vmdk(raw, disks / "vm.vmdk", "monolithicSparse")
     outputs = {ns: tmp_path / ns for ns in (release.watched, release.unwatched)}
     for namespace, out in outputs.items():
-        out.mkdir()
         disk = convert_disk({"hostPath": {"path": str(vmdk)}}, out)
         job = yaml.safe_dump(migration("ns-convert", cluster, [disk]))
         kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=job)

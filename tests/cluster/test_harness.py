@@ -1,28 +1,30 @@
-"""The harness is a real cluster: admission, garbage collection, RBAC, scheduling, watches.
+"""The harness is a real cluster: admission, garbage collection, RBAC, scheduling, watches,
+and real nodes that run the project's images in containers the way any kubelet does.
 
 Every wait is on a condition with a deadline; no test asserts on timing.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import queue
 import re
-import ssl
 import subprocess
 import threading
+import urllib.request
 from pathlib import Path
 from typing import IO, Any, cast
 
 import pytest
 from kubernetes import client as k8s_client
 from kubernetes.client.exceptions import ApiException
-from tests.cluster.conftest import Cluster
-from tests.cluster.harness.node_agent import NodeAgent
-from tests.cluster.harness.processes import wait_until
+from tests.cluster.conftest import WORKER_UID, Cluster, host_folder
+from tests.cluster.harness.node import KUBELET_SYSCTLS
+from tests.cluster.harness.processes import free_port, wait_until
+from tests.cluster.harness.provisioner import STORAGE_CLASS
 
 Obj = dict[str, Any]
+REPO = Path(__file__).resolve().parents[2]
 GROUP = "harness.hyper2kvm.io"
 CRD_NAME = f"widgets.{GROUP}"
 CEL_MESSAGE = "minReplicas must not exceed maxReplicas"
@@ -63,6 +65,14 @@ CRD: Obj = {
         ],
     },
 }
+NON_ROOT = {
+    "runAsNonRoot": True,
+    "runAsUser": WORKER_UID,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def kubectl(
@@ -98,10 +108,17 @@ def wait_gone(cluster: Cluster, path: str, timeout: float = 90) -> None:
     )
 
 
-def shell_pod(name: str, script: str, **spec: Any) -> Obj:
+def container_state(cluster: Cluster, namespace: str, name: str) -> Obj:
+    statuses = cluster.kube.get(pod_path(namespace, name))["status"].get("containerStatuses", [])
+    return dict(statuses[0]) if statuses else {}
+
+
+def shell_pod(cluster: Cluster, name: str, script: str, *, image: str = "base", **spec: Any) -> Obj:
+    """A Pod on this session's nodes running `sh -c script` in a project image."""
     container: Obj = {
         "name": "main",
-        "image": "local/shell",
+        "image": cluster.image(image),
+        "imagePullPolicy": "Never",
         "command": ["/bin/sh", "-c", script],
         **spec.pop("container", {}),
     }
@@ -109,8 +126,22 @@ def shell_pod(name: str, script: str, **spec: Any) -> Obj:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, **spec.pop("metadata", {})},
-        "spec": {"restartPolicy": "Never", "containers": [container], **spec},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": cluster.selector,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [container],
+            **spec,
+        },
     }
+
+
+def host_volume(name: str, path: Path) -> Obj:
+    return {"name": name, "hostPath": {"path": str(path), "type": "Directory"}}
+
+
+def message(pod: Obj) -> str:
+    return str(pod["status"]["containerStatuses"][0]["state"]["terminated"].get("message", ""))
 
 
 # -- admission ----------------------------------------------------------------------------
@@ -166,29 +197,15 @@ def test_pod_owned_by_a_deleted_object_is_garbage_collected(
     )
     reference = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner"}
     reference["uid"] = owner["metadata"]["uid"]
-    # With the node agent the Pod really runs, so collection also ends a live process;
-    # without it the Pod stays unscheduled and is collected all the same.
-    selector = cluster.selector if cluster.agent else {"no-such-node": "true"}
-    pod = shell_pod(
-        "owned",
-        "exec sleep 600",
-        metadata={"ownerReferences": [reference]},
-        nodeSelector=selector,
-        terminationGracePeriodSeconds=5,
-    )
-    created = cluster.kube.create(pod_path(namespace), pod)
-    if cluster.agent:
-        wait_pod(cluster, namespace, "owned", "Running")
+    pod = shell_pod(cluster, "owned", "exec sleep 600", metadata={"ownerReferences": [reference]})
+    cluster.kube.create(pod_path(namespace), pod)
+    wait_pod(cluster, namespace, "owned", "Running")
 
     cluster.kube.delete(
         f"/api/v1/namespaces/{namespace}/configmaps/owner",
         {"propagationPolicy": "Background"},
     )
     wait_gone(cluster, pod_path(namespace, "owned"))
-    if cluster.agent:
-        pod_dir = cluster.agent.pod_dir(namespace, "owned", created["metadata"]["uid"])
-        assert (pod_dir / "main.log").exists()
-        assert not cluster.agent.is_running(created["metadata"]["uid"])
 
 
 # -- RBAC ---------------------------------------------------------------------------------
@@ -255,43 +272,76 @@ def test_service_account_is_denied_what_its_role_does_not_allow(
     assert can_i.stdout.strip() == "no"
 
 
-# -- scheduling and the node agent ----------------------------------------------------------
+# -- the nodes ------------------------------------------------------------------------------
 
 
-def test_pod_with_node_selector_is_scheduled_and_runs_to_succeeded(
+def test_nodes_run_the_pinned_releases_on_addresses_of_their_own(cluster: Cluster) -> None:
+    local = cluster.require_local()
+    version = cluster.kube.get("/version")
+    k8s = (REPO / "hack" / "k8s" / "go.mod").read_text()
+    assert f"k8s.io/kubernetes {version['gitVersion']}" in k8s
+    containerd = re.search(
+        r"github.com/containerd/containerd/v2 (v\S+)",
+        (REPO / "hack" / "node" / "go.mod").read_text(),
+    )
+    assert containerd is not None
+    addresses = set()
+    for name in cluster.nodes:
+        node = cluster.kube.get(f"/api/v1/nodes/{name}")
+        info = node["status"]["nodeInfo"]
+        assert info["kubeletVersion"] == version["gitVersion"]
+        assert info["containerRuntimeVersion"] == f"containerd://{containerd[1].lstrip('v')}"
+        ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready[0]["status"] == "True", ready
+        internal = {a["type"]: a["address"] for a in node["status"]["addresses"]}["InternalIP"]
+        assert internal == local.node(name).network.address
+        addresses.add(internal)
+    assert len(addresses) == len(cluster.nodes)
+
+
+def test_the_host_keeps_its_sysctls_and_firewall(cluster: Cluster, namespace: str) -> None:
+    """kubelet and kube-proxy change sysctls and iptables; on the host, neither changed."""
+    local = cluster.require_local()
+    for key, wanted in KUBELET_SYSCTLS.items():
+        assert local.host_sysctls[key] == Path(f"/proc/sys/{key}").read_text().strip(), key
+        inside = local.node(cluster.nodes[0]).read_node_file(f"/proc/sys/{key}")
+        assert inside.strip() == wanted, key
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    assert "KUBE-" not in rules
+    node_rules = local.node(cluster.nodes[0]).run_on_node("iptables-save", "-t", "nat")
+    assert "KUBE-SERVICES" in node_rules
+
+
+def test_pod_runs_on_the_selected_node_with_the_downward_api(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    cluster.require_agent()
+    local = cluster.require_local()
     target = cluster.nodes[1]
+    out = host_folder(tmp_path / "out", writable=False)
     script = (
         'printf "ip=%s node=%s pod=%s/%s" "$POD_IP" "$NODE_NAME" "$POD_NAMESPACE" "$POD_NAME"'
-        ' > "$MESSAGE_FILE"; echo hello > "$1/out.txt"'
+        " > /dev/termination-log; echo hello > /output/out.txt"
     )
     field = [("POD_IP", "status.podIP"), ("NODE_NAME", "spec.nodeName"),
              ("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")]  # fmt: skip
     env = [{"name": n, "valueFrom": {"fieldRef": {"fieldPath": p}}} for n, p in field]
-    env.append({"name": "MESSAGE_FILE", "value": "/dev/termination-log"})
     pod = shell_pod(
+        cluster,
         "selected",
         script,
         nodeSelector={"kubernetes.io/hostname": target, **cluster.selector},
-        volumes=[{"name": "out", "hostPath": {"path": str(tmp_path), "type": "Directory"}}],
-        container={
-            "args": ["sh", "/output"],
-            "env": env,
-            "volumeMounts": [{"name": "out", "mountPath": "/output"}],
-        },
+        volumes=[host_volume("out", out)],
+        container={"env": env, "volumeMounts": [{"name": "out", "mountPath": "/output"}]},
     )
     cluster.kube.create(pod_path(namespace), pod)
 
     done = wait_pod(cluster, namespace, "selected", "Succeeded")
     assert done["spec"]["nodeName"] == target
     pod_ip = done["status"]["podIP"]
-    assert pod_ip.startswith("127.0.") and pod_ip != "127.0.0.1"
-    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert terminated["exitCode"] == 0
-    assert terminated["message"] == f"ip={pod_ip} node={target} pod={namespace}/selected"
-    assert (tmp_path / "out.txt").read_text() == "hello\n"
+    network = local.node(target).network
+    assert pod_ip.startswith(network.pod_cidr.rsplit(".", 2)[0] + ".")
+    assert message(done) == f"ip={pod_ip} node={target} pod={namespace}/selected"
+    assert (out / "out.txt").read_text() == "hello\n"
 
     events = cluster.kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
     scheduled = [e for e in events if e.get("reason") == "Scheduled"]
@@ -301,14 +351,7 @@ def test_pod_with_node_selector_is_scheduled_and_runs_to_succeeded(
 def test_failing_container_reports_its_exit_code_and_message(
     cluster: Cluster, namespace: str
 ) -> None:
-    cluster.require_agent()
-    pod = shell_pod(
-        "failing",
-        'echo "disk not found" > "$1"; exit 3',
-        nodeSelector=cluster.selector,
-        # The container path as an argument: the agent rewrites it to the pod's own file.
-        container={"args": ["sh", "/dev/termination-log"]},
-    )
+    pod = shell_pod(cluster, "failing", 'echo "disk not found" > /dev/termination-log; exit 3')
     cluster.kube.create(pod_path(namespace), pod)
     failed = wait_pod(cluster, namespace, "failing", "Failed")
     terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
@@ -318,26 +361,19 @@ def test_failing_container_reports_its_exit_code_and_message(
 
 
 def test_pod_waits_for_a_missing_secret_then_runs(cluster: Cluster, namespace: str) -> None:
-    cluster.require_agent()
     secret_ref = {"secretKeyRef": {"name": "credentials", "key": "user"}}
     pod = shell_pod(
+        cluster,
         "needs-secret",
-        'printf "%s" "$USER_NAME" > "$1"',
-        nodeSelector=cluster.selector,
-        container={
-            "args": ["sh", "/dev/termination-log"],
-            "env": [{"name": "USER_NAME", "valueFrom": secret_ref}],
-        },
+        'printf "%s" "$USER_NAME" > /dev/termination-log',
+        container={"env": [{"name": "USER_NAME", "valueFrom": secret_ref}]},
     )
     cluster.kube.create(pod_path(namespace), pod)
 
     def waiting_reason() -> str | None:
-        statuses = cluster.kube.get(pod_path(namespace, "needs-secret"))["status"]
-        for status in statuses.get("containerStatuses", []):
-            reason = status.get("state", {}).get("waiting", {}).get("reason")
-            if reason == "CreateContainerConfigError":
-                return str(reason)
-        return None
+        reason = container_state(cluster, namespace, "needs-secret")
+        waiting = reason.get("state", {}).get("waiting", {}).get("reason")
+        return str(waiting) if waiting == "CreateContainerConfigError" else None
 
     wait_until(waiting_reason, timeout=60, what="the missing Secret to be reported")
     cluster.kube.create(
@@ -345,63 +381,250 @@ def test_pod_waits_for_a_missing_secret_then_runs(cluster: Cluster, namespace: s
         {"metadata": {"name": "credentials"}, "stringData": {"user": "migrator"}},
     )
     done = wait_pod(cluster, namespace, "needs-secret", "Succeeded")
-    assert done["status"]["containerStatuses"][0]["state"]["terminated"]["message"] == "migrator"
+    assert message(done) == "migrator"
 
 
 def test_deleting_a_pod_sends_sigterm_and_removes_it(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    cluster.require_agent()
-    script = "trap 'echo term > \"$MARKS/got-term\"; exit 0' TERM; while :; do sleep 0.1; done"
+    marks = host_folder(tmp_path / "marks", writable=False)
+    script = "trap 'echo term > /marks/got-term; exit 0' TERM; while :; do sleep 0.1; done"
     pod = shell_pod(
+        cluster,
         "long",
         script,
-        nodeSelector=cluster.selector,
         terminationGracePeriodSeconds=30,
-        volumes=[{"name": "marks", "hostPath": {"path": str(tmp_path), "type": "Directory"}}],
-        container={
-            "env": [{"name": "MARKS", "value": "/marks"}],
-            "volumeMounts": [{"name": "marks", "mountPath": "/marks"}],
-        },
+        volumes=[host_volume("marks", marks)],
+        container={"volumeMounts": [{"name": "marks", "mountPath": "/marks"}]},
     )
     cluster.kube.create(pod_path(namespace), pod)
     wait_pod(cluster, namespace, "long", "Running")
     cluster.kube.delete(pod_path(namespace, "long"))
     wait_gone(cluster, pod_path(namespace, "long"))
-    assert (tmp_path / "got-term").read_text() == "term\n"
+    assert (marks / "got-term").read_text() == "term\n"
 
 
-def test_claim_is_provisioned_bound_and_mapped_to_a_host_folder(
+# -- what kubelet enforces -------------------------------------------------------------------
+
+
+def test_the_security_context_is_enforced(cluster: Cluster, namespace: str) -> None:
+    """The worker Pod's settings: non-root, read-only root, no capabilities, no token."""
+    script = (
+        "id -u > /dev/termination-log; grep CapEff /proc/self/status >> /dev/termination-log; "
+        "touch /written 2>/dev/null && echo root-writable >> /dev/termination-log; "
+        "ls /var/run/secrets/kubernetes.io 2>/dev/null && echo token >> /dev/termination-log; "
+        "exit 0"
+    )
+    pod = shell_pod(
+        cluster,
+        "confined",
+        script,
+        automountServiceAccountToken=False,
+        container={"securityContext": NON_ROOT},
+    )
+    cluster.kube.create(pod_path(namespace), pod)
+    done = wait_pod(cluster, namespace, "confined", "Succeeded")
+    assert message(done).split() == [str(WORKER_UID), "CapEff:", "0000000000000000"]
+
+    # An image that runs as root is refused when the Pod asks for a non-root user.
+    rooted = shell_pod(
+        cluster, "rooted", "true", container={"securityContext": {"runAsNonRoot": True}}
+    )
+    cluster.kube.create(pod_path(namespace), rooted)
+
+    def refused() -> str | None:
+        waiting = container_state(cluster, namespace, "rooted").get("state", {}).get("waiting")
+        text = str((waiting or {}).get("message", ""))
+        return text if "image will run as root" in text else None
+
+    assert "runAsNonRoot" in wait_until(refused, timeout=60, what="runAsNonRoot to refuse root")
+
+
+def test_volumes_as_kubelet_makes_them(cluster: Cluster, namespace: str) -> None:
+    """ConfigMap, Secret and emptyDir files, and a projected token that the API server
+    accepts through the `kubernetes` Service (kube-proxy's rules)."""
+    cluster.kube.create(
+        f"/api/v1/namespaces/{namespace}/configmaps",
+        {"metadata": {"name": "settings"}, "data": {"job.json": '{"name": "x"}'}},
+    )
+    cluster.kube.create(
+        f"/api/v1/namespaces/{namespace}/secrets",
+        {"metadata": {"name": "cookie"}, "stringData": {"cookie": "s3cret"}},
+    )
+    script = r"""
+import json, os, ssl, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+token = open(f"{sa}/token").read()
+context = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+request = urllib.request.Request(
+    f"https://{host}:{port}/api/v1/namespaces/{open(sa + '/namespace').read()}/pods/volumes",
+    headers={"Authorization": f"Bearer {token}"})
+try:
+    urllib.request.urlopen(request, context=context, timeout=10)
+    status = 200
+except urllib.error.HTTPError as error:
+    status = error.code  # the default account may not read Pods: 403 is an answer too
+open("/scratch/x", "w").write("scratch")
+report = {
+    "configmap": open("/etc/h2k/job.json").read(),
+    "secret": open("/secrets/cookie").read(),
+    "scratch": open("/scratch/x").read(),
+    "api": status,
+    "service": host,
+}
+open("/dev/termination-log", "w").write(json.dumps(report))
+"""
+    pod = shell_pod(
+        cluster,
+        "volumes",
+        "",
+        image="worker",
+        volumes=[
+            {"name": "settings", "configMap": {"name": "settings"}},
+            {"name": "cookie", "secret": {"secretName": "cookie"}},
+            {"name": "scratch", "emptyDir": {"sizeLimit": "16Mi"}},
+        ],
+        container={
+            "command": ["python3", "-c", script],
+            "securityContext": NON_ROOT,
+            "volumeMounts": [
+                {"name": "settings", "mountPath": "/etc/h2k", "readOnly": True},
+                {"name": "cookie", "mountPath": "/secrets", "readOnly": True},
+                {"name": "scratch", "mountPath": "/scratch"},
+            ],
+        },
+        securityContext={"fsGroup": WORKER_UID},
+    )
+    cluster.kube.create(pod_path(namespace), pod)
+    done = wait_pod(cluster, namespace, "volumes", "Succeeded")
+    report = json.loads(message(done))
+    assert report["configmap"] == '{"name": "x"}'
+    assert report["secret"] == "s3cret"
+    assert report["scratch"] == "scratch"
+    assert report["service"] == "10.0.0.1"
+    assert report["api"] == 403  # authenticated (not 401) as the default account
+
+
+def test_claims_are_mounted_with_fs_group_and_block_claims_are_devices(
     cluster: Cluster, namespace: str
 ) -> None:
-    cluster.require_agent()
-    claim = {
-        "metadata": {"name": "data"},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "hyper2kvm-host-folder",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    cluster.kube.create(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", claim)
+    local = cluster.require_local()
+    claims = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims"
+    for name, mode in (("files", "Filesystem"), ("device", "Block")):
+        cluster.kube.create(
+            claims,
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": STORAGE_CLASS,
+                    "volumeMode": mode,
+                    "resources": {"requests": {"storage": "16Mi"}},
+                },
+            },
+        )
+    script = (
+        "echo converted > /data/disk.img && "
+        # fsync: the written block sits in the device's page cache, not yet in the file.
+        "printf 'KDMV-block' | dd of=/dev/xvda bs=512 conv=notrunc,fsync status=none && "
+        "stat -c '%g' /data > /dev/termination-log"
+    )
     pod = shell_pod(
+        cluster,
         "writer",
-        'echo "$HYPER2KVM_VOLUME_MAP" > "$1/map.json"',
-        nodeSelector=cluster.selector,
-        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+        script,
+        securityContext={"fsGroup": WORKER_UID, "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID},
+        volumes=[
+            {"name": "files", "persistentVolumeClaim": {"claimName": "files"}},
+            {"name": "device", "persistentVolumeClaim": {"claimName": "device"}},
+        ],
         container={
-            "args": ["sh", "/var/lib/data"],
-            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/data"}],
+            "securityContext": NON_ROOT,
+            "volumeMounts": [{"name": "files", "mountPath": "/data"}],
+            "volumeDevices": [{"name": "device", "devicePath": "/dev/xvda"}],
         },
     )
     cluster.kube.create(pod_path(namespace), pod)
-    wait_pod(cluster, namespace, "writer", "Succeeded")
-    bound = cluster.kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/data")
-    assert bound["status"]["phase"] == "Bound"
-    volume = cluster.kube.get(f"/api/v1/persistentvolumes/{bound['spec']['volumeName']}")
-    folder = Path(volume["spec"]["hostPath"]["path"])
-    mapping = json.loads((folder / "map.json").read_text())
-    assert mapping["/var/lib/data"] == str(folder)
+    done = wait_pod(cluster, namespace, "writer", "Succeeded")
+    assert message(done).strip() == str(WORKER_UID)  # fsGroup applied by kubelet
+
+    def volume(claim: str) -> Obj:
+        bound = cluster.kube.get(f"{claims}/{claim}")
+        assert bound["status"]["phase"] == "Bound"
+        return cluster.kube.get(f"/api/v1/persistentvolumes/{bound['spec']['volumeName']}")
+
+    folder = Path(volume("files")["spec"]["local"]["path"])
+    assert folder == local.provisioner.claim_dir(namespace, "files")
+    assert (folder / "disk.img").read_text() == "converted\n"
+    device = volume("device")
+    assert device["spec"]["volumeMode"] == "Block"
+    backing = Path(device["metadata"]["annotations"]["hyper2kvm.io/backing-file"])
+    with backing.open("rb") as stream:
+        assert stream.read(10) == b"KDMV-block"
+
+
+def test_limits_are_enforced_memory_and_scratch_size(cluster: Cluster, namespace: str) -> None:
+    hungry = shell_pod(
+        cluster,
+        "hungry",
+        "",
+        image="worker",
+        container={
+            "command": ["python3", "-c", "block = bytearray(512 << 20); print(len(block))"],
+            "resources": {"limits": {"memory": "64Mi"}, "requests": {"memory": "64Mi"}},
+        },
+    )
+    cluster.kube.create(pod_path(namespace), hungry)
+    failed = wait_pod(cluster, namespace, "hungry", "Failed")
+    assert failed["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+
+    filler = shell_pod(
+        cluster,
+        "filler",
+        "dd if=/dev/zero of=/scratch/fill bs=1M count=64 status=none; sleep 600",
+        volumes=[{"name": "scratch", "emptyDir": {"sizeLimit": "8Mi"}}],
+        container={"volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]},
+    )
+    cluster.kube.create(pod_path(namespace), filler)
+    evicted = wait_pod(cluster, namespace, "filler", "Failed", timeout=120)
+    assert evicted["status"].get("reason") == "Evicted"
+    assert "scratch" in evicted["status"]["message"]
+
+
+def test_probes_gate_readiness_and_restart_a_dead_container(
+    cluster: Cluster, namespace: str
+) -> None:
+    probed = shell_pod(
+        cluster,
+        "probed",
+        "",
+        image="worker",
+        restartPolicy="Always",
+        container={
+            "command": ["python3", "-m", "http.server", "8000", "--directory", "/tmp"],
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8000}, "periodSeconds": 1},
+            # Never passes: kubelet restarts the container after each failed check.
+            "livenessProbe": {
+                "exec": {"command": ["test", "-e", "/nonexistent"]},
+                "initialDelaySeconds": 1,
+                "periodSeconds": 1,
+                "failureThreshold": 1,
+            },
+        },
+    )
+    cluster.kube.create(pod_path(namespace), probed)
+
+    def ready_once() -> bool:
+        conditions = cluster.kube.get(pod_path(namespace, "probed"))["status"].get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    wait_until(ready_once, timeout=60, what="the readiness probe to pass")
+    wait_until(
+        lambda: container_state(cluster, namespace, "probed").get("restartCount", 0) >= 1,
+        timeout=90,
+        what="the liveness probe to restart the container",
+    )
 
 
 # -- kubectl ------------------------------------------------------------------------------
@@ -447,22 +670,24 @@ class KubectlStream:
             self.process.wait(timeout=30)
 
 
+def gate_pod(cluster: Cluster, name: str, script: str, gate: Path) -> Obj:
+    """A Pod whose script may wait for the test to create /gate/go."""
+    return shell_pod(
+        cluster,
+        name,
+        script,
+        volumes=[host_volume("gate", gate)],
+        container={"volumeMounts": [{"name": "gate", "mountPath": "/gate"}]},
+    )
+
+
 def test_kubectl_watch_streams_pod_changes(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    cluster.require_agent()
     # The pod runs until the test creates "go": the change to Completed then happens while
     # kubectl is already watching, whenever kubectl got there.
-    pod = shell_pod(
-        "watched",
-        'while [ ! -e "$1/go" ]; do sleep 0.1; done',
-        nodeSelector=cluster.selector,
-        volumes=[{"name": "gate", "hostPath": {"path": str(tmp_path), "type": "Directory"}}],
-        container={
-            "args": ["sh", "/gate"],
-            "volumeMounts": [{"name": "gate", "mountPath": "/gate"}],
-        },
-    )
+    gate = host_folder(tmp_path / "gate", writable=False)
+    pod = gate_pod(cluster, "watched", "while [ ! -e /gate/go ]; do sleep 0.1; done", gate)
     cluster.kube.create(pod_path(namespace), pod)
     wait_pod(cluster, namespace, "watched", "Running")
 
@@ -475,44 +700,18 @@ def test_kubectl_watch_streams_pod_changes(
 
     try:
         wait_until(lambda: saw("Running"), timeout=60, what="kubectl -w to list the pod")
-        (tmp_path / "go").touch()
+        (gate / "go").touch()
         wait_until(lambda: saw("Completed"), timeout=60, what="kubectl -w to stream Completed")
     finally:
         watch.stop()
 
 
-def test_local_control_plane_runs_the_pinned_release(cluster: Cluster) -> None:
-    if not cluster.local:
-        pytest.skip("KUBECONFIG points at an existing cluster")
-    version = cluster.kube.get("/version")
-    build = Path(__file__).resolve().parents[2] / "hack" / "k8s" / "go.mod"
-    assert f"k8s.io/kubernetes {version['gitVersion']}" in build.read_text()
-    nodes = cluster.kube.get("/api/v1/nodes")["items"]
-    ready = {
-        n["metadata"]["name"]
-        for n in nodes
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"])
-    }
-    assert set(cluster.nodes) <= ready
-
-
-# -- kubectl logs (the node agent's kubelet endpoint) -----------------------------------------
-
-
-def require_kubelet_endpoint(cluster: Cluster) -> NodeAgent:
-    agent = cluster.require_agent()
-    if not cluster.local:
-        pytest.skip("the API server of an existing cluster cannot reach the agent on 127.0.0.1")
-    return agent
-
-
 def test_kubectl_logs_returns_the_containers_output(cluster: Cluster, namespace: str) -> None:
-    require_kubelet_endpoint(cluster)
     pod = shell_pod(
+        cluster,
         "printer",
-        "echo alpha; echo beta >&2; echo gamma",
+        "echo alpha; sleep 0.1; echo beta >&2; sleep 0.1; echo gamma",
         metadata={"labels": {"app": "printer"}},
-        nodeSelector=cluster.selector,
     )
     cluster.kube.create(pod_path(namespace), pod)
     wait_pod(cluster, namespace, "printer", "Succeeded")
@@ -529,8 +728,8 @@ def test_kubectl_logs_returns_the_containers_output(cluster: Cluster, namespace:
     assert stamped.returncode == 0, stamped.stderr
     lines = stamped.stdout.splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == ["alpha", "beta", "gamma"]
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", line.split(" ")[0])
-               for line in lines)  # fmt: skip
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)",
+                            line.split(" ")[0]) for line in lines)  # fmt: skip
 
     selected = kubectl(cluster, "logs", "-n", namespace, "-l", "app=printer", "--prefix")
     assert selected.returncode == 0, selected.stderr
@@ -542,40 +741,32 @@ def test_kubectl_logs_returns_the_containers_output(cluster: Cluster, namespace:
     assert limited.returncode == 0, limited.stderr
     assert limited.stdout == "alpha\nbe"
 
+    unknown = kubectl(cluster, "logs", "-n", namespace, "printer", "-c", "nope")
+    assert unknown.returncode != 0
+    assert "container nope is not valid for pod printer" in unknown.stderr
+
 
 def test_kubectl_logs_follow_streams_until_the_process_exits(
     cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
-    require_kubelet_endpoint(cluster)
     # Five lines, then a wait for the test's go-ahead, then five more and the exit: the first
     # half is seen while the process still runs, whenever kubectl got there.
+    gate = host_folder(tmp_path / "gate", writable=False)
     script = (
         'for i in 1 2 3 4 5 6 7 8 9 10; do echo "line $i"; '
-        'if [ "$i" = 5 ]; then while [ ! -e "$1/go" ]; do sleep 0.1; done; fi; '
+        'if [ "$i" = 5 ]; then while [ ! -e /gate/go ]; do sleep 0.1; done; fi; '
         "sleep 0.2; done"
     )
-    pod = shell_pod(
-        "ticker",
-        script,
-        nodeSelector=cluster.selector,
-        volumes=[{"name": "gate", "hostPath": {"path": str(tmp_path), "type": "Directory"}}],
-        container={
-            "args": ["sh", "/gate"],
-            "volumeMounts": [{"name": "gate", "mountPath": "/gate"}],
-        },
-    )
-    created = cluster.kube.create(pod_path(namespace), pod)
+    cluster.kube.create(pod_path(namespace), gate_pod(cluster, "ticker", script, gate))
     wait_pod(cluster, namespace, "ticker", "Running")
 
     follow = KubectlStream(cluster, "logs", "-f", "-n", namespace, "ticker")
-
     try:
         wait_until(
             lambda: "line 5" in follow.lines(), timeout=60, what="kubectl logs -f to stream line 5"
         )
-        assert cluster.agent is not None
-        assert cluster.agent.is_running(created["metadata"]["uid"])
-        (tmp_path / "go").touch()
+        assert container_state(cluster, namespace, "ticker")["state"].get("running")
+        (gate / "go").touch()
         # kubectl ends by itself once the process has exited and its output is sent.
         stderr = follow.process.stderr
         assert follow.process.wait(timeout=60) == 0, stderr.read() if stderr else ""
@@ -585,60 +776,114 @@ def test_kubectl_logs_follow_streams_until_the_process_exits(
     wait_pod(cluster, namespace, "ticker", "Succeeded")
 
 
-def test_kubectl_logs_of_a_container_that_does_not_run_fails_clearly(
+def test_kubectl_exec_and_port_forward_reach_the_container(
     cluster: Cluster, namespace: str
 ) -> None:
-    require_kubelet_endpoint(cluster)
-    pod = shell_pod("pair", "echo from-main", nodeSelector=cluster.selector)
-    pod["spec"]["containers"].append(
-        {"name": "sidecar", "image": "local/shell", "command": ["sleep", "600"]}
+    pod = shell_pod(
+        cluster,
+        "served",
+        "",
+        image="worker",
+        container={
+            "command": ["python3", "-m", "http.server", "8000", "--directory", "/etc"],
+            "securityContext": NON_ROOT,
+        },
     )
     cluster.kube.create(pod_path(namespace), pod)
-    wait_pod(cluster, namespace, "pair", "Succeeded")
+    wait_pod(cluster, namespace, "served", "Running")
 
-    main = kubectl(cluster, "logs", "-n", namespace, "pair", "-c", "main")
-    assert main.returncode == 0, main.stderr
-    assert main.stdout == "from-main\n"
+    done = kubectl(cluster, "exec", "-n", namespace, "served", "--", "id", "-u")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(WORKER_UID)
 
-    # Not in the Pod at all: the API server refuses before asking the node.
-    unknown = kubectl(cluster, "logs", "-n", namespace, "pair", "-c", "nope")
-    assert unknown.returncode != 0
-    assert "container nope is not valid for pod pair" in unknown.stderr
+    port = free_port()
+    forward = KubectlStream(cluster, "port-forward", "-n", namespace, "pod/served", f"{port}:8000")
+    try:
+        wait_until(
+            lambda: any("Forwarding from" in line for line in forward.lines()),
+            timeout=30,
+            what="kubectl port-forward to listen",
+        )
+        url = f"http://127.0.0.1:{port}/os-release"
 
-    # In the Pod, but the agent runs only the first container: its kubelet endpoint says so.
-    sidecar = kubectl(cluster, "logs", "-n", namespace, "pair", "-c", "sidecar")
-    assert sidecar.returncode != 0
-    assert "BadRequest" in sidecar.stderr
-    assert 'container "sidecar" in pod' in sidecar.stderr
-    assert 'runs only the first container, "main"' in sidecar.stderr
+        def fetched() -> bytes:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return bytes(response.read())
+
+        body = wait_until(fetched, timeout=30, what="a request through the port-forward")
+        assert b"Debian GNU/Linux 12" in body
+    finally:
+        forward.stop()
 
 
-def test_kubelet_endpoint_is_advertised_and_answers_only_what_it_serves(
-    cluster: Cluster,
+def test_a_pod_reaches_a_pod_on_the_other_node_and_the_host_reaches_both(
+    cluster: Cluster, namespace: str
 ) -> None:
-    agent = cluster.require_agent()
-    port = agent.kubelet.port
-    for name in cluster.nodes:
-        node = cluster.kube.get(f"/api/v1/nodes/{name}")
-        assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] == port
-        addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
-        assert addresses["InternalIP"] == "127.0.0.1"
+    first, second = cluster.nodes[:2]
+    server = shell_pod(
+        cluster,
+        "server",
+        "",
+        image="worker",
+        nodeSelector={"kubernetes.io/hostname": second, **cluster.selector},
+        container={"command": ["python3", "-m", "http.server", "8000", "--directory", "/etc"]},
+    )
+    cluster.kube.create(pod_path(namespace), server)
+    address = wait_pod(cluster, namespace, "server", "Running")["status"]["podIP"]
+    url = f"http://{address}:8000/hostname"
+    wait_until(
+        lambda: urllib.request.urlopen(url, timeout=5).status == 200,
+        timeout=30,
+        what="the host to reach the Pod",
+    )
+    client = shell_pod(
+        cluster,
+        "client",
+        "",
+        image="worker",
+        nodeSelector={"kubernetes.io/hostname": first, **cluster.selector},
+        container={
+            "command": [
+                "python3",
+                "-c",
+                "import urllib.request, sys; sys.exit(urllib.request.urlopen(sys.argv[1],"
+                " timeout=10).status != 200)",
+                url,
+            ]
+        },
+    )
+    cluster.kube.create(pod_path(namespace), client)
+    wait_pod(cluster, namespace, "client", "Succeeded")
 
-    def get(path: str) -> tuple[int, str]:
-        # The endpoint's certificate is self-signed, as an unbootstrapped kubelet's is.
-        context = ssl._create_unverified_context()  # noqa: S323 - loopback test endpoint
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode()
-        finally:
-            conn.close()
 
-    assert get("/healthz") == (200, "ok\n")
-    status, body = get("/containerLogs/no-such-namespace/no-such-pod/main")
-    assert status == 404
-    assert 'pod "no-such-namespace/no-such-pod" is not run by the test node agent' in body
-    status, body = get("/exec/no-such-namespace/no-such-pod/main?command=ls")
-    assert status == 404
-    assert "no exec" in body
+def test_a_node_whose_kubelet_stops_is_declared_lost_and_recovers(cluster: Cluster) -> None:
+    """As on any cluster: no heartbeats, so the node lifecycle controller marks the Node not
+    ready and taints it; kubelet back, the Node is Ready and untainted again."""
+    local = cluster.require_local()
+    name = cluster.nodes[-1]
+    node = local.node(name)
+
+    def ready() -> str:
+        conditions = cluster.kube.get(f"/api/v1/nodes/{name}")["status"]["conditions"]
+        return str(next(c["status"] for c in conditions if c["type"] == "Ready"))
+
+    def taints() -> set[str]:
+        found = cluster.kube.get(f"/api/v1/nodes/{name}")["spec"].get("taints") or []
+        return {t["key"] for t in found}
+
+    node.stop_kubelet()
+    try:
+        wait_until(lambda: ready() == "Unknown", timeout=180, what=f"{name} to be lost")
+        wait_until(
+            lambda: "node.kubernetes.io/unreachable" in taints(),
+            timeout=60,
+            what=f"{name} to be tainted unreachable",
+        )
+    finally:
+        node.start_kubelet()
+    wait_until(lambda: ready() == "True", timeout=120, what=f"{name} Ready again")
+    wait_until(
+        lambda: "node.kubernetes.io/unreachable" not in taints(),
+        timeout=60,
+        what=f"{name} untainted",
+    )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from tests.chart.helm import helm_binary
-from tests.cluster.conftest import Cluster
-from tests.cluster.operator_process import free_port
+from tests.cluster.conftest import Cluster, host_folder
 from tests.worker.images import MiB, make_raw, to_vmdk
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -46,22 +42,13 @@ class Deployed:
 
 @pytest.fixture(scope="module")
 def deployed(cluster: Cluster) -> Iterator[Deployed]:
-    cluster.require_agent()
-    env = {
-        **cluster.kubectl_env(),
-        "HELM": str(helm_binary()),
-        # The operator Pod and the worker Pods find their commands on PATH, as in the images.
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    }
-    path = os.environ["PATH"]
-    os.environ["PATH"] = env["PATH"]  # the node agent starts Pods with this environment
+    env = {**cluster.kubectl_env(), "HELM": str(helm_binary())}
     target = Deployed(cluster, "mk", f"h2k-make-{secrets.token_hex(3)}", env)
     helm_args = " ".join(
         f"--set {value}"
         for value in (
+            *cluster.image_values(),
             "operator.replicas=1",
-            f"metrics.port={free_port()}",
-            f"operator.livenessPort={free_port()}",
             "operator.statusIntervalSeconds=1",
             "worker.slotsPerNode=3",
         )
@@ -78,7 +65,6 @@ def deployed(cluster: Cluster) -> Iterator[Deployed]:
             is None
         )
     finally:
-        os.environ["PATH"] = path
         cluster.kube.delete(f"/api/v1/namespaces/{target.namespace}")
 
 
@@ -121,8 +107,9 @@ def test_label_nodes_labels_and_requires_names(deployed: Deployed) -> None:
 def test_submit_follows_a_job_and_the_job_targets_describe_it(
     deployed: Deployed, namespace: str, tmp_path: Path
 ) -> None:
-    raw = make_raw(tmp_path / "vm.raw", 32 * MiB, [(0, MiB)])
-    vmdk = to_vmdk(raw, tmp_path / "vm.vmdk", "monolithicSparse")
+    disks = host_folder(tmp_path / "disks", writable=False)
+    raw = make_raw(disks / "vm.raw", 32 * MiB, [(0, MiB)])
+    vmdk = to_vmdk(raw, disks / "vm.vmdk", "monolithicSparse")
     good = job_file(tmp_path, deployed.cluster, "make-inspect", namespace, vmdk)
     out = deployed.ok("submit", f"JOB={good}")
     assert "make-inspect" in out and "Succeeded" in out
@@ -135,7 +122,7 @@ def test_submit_follows_a_job_and_the_job_targets_describe_it(
     assert "make-inspect-1" in worker_log  # --prefix names the worker Pod
     assert "succeeded" in worker_log.lower()
 
-    bad = job_file(tmp_path, deployed.cluster, "make-missing", namespace, tmp_path / "no.vmdk")
+    bad = job_file(tmp_path, deployed.cluster, "make-missing", namespace, disks / "no.vmdk")
     failed = deployed.make("submit", f"JOB={bad}")
     assert failed.returncode != 0
     assert "Failed" in failed.stdout
@@ -171,8 +158,8 @@ def test_capabilities_runs_on_every_worker_node(deployed: Deployed) -> None:
     assert out.count("qemu-img") >= len(deployed.cluster.nodes)
 
 
-def test_images_without_a_container_engine_says_so(deployed: Deployed, tmp_path: Path) -> None:
-    # A PATH with the tools the script needs and no engine, whatever this machine has.
+def test_images_without_buildah_says_so(deployed: Deployed, tmp_path: Path) -> None:
+    # A PATH with the tools the script needs and no buildah, whatever this machine has.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("bash", "sed", "git", "dirname", "make"):
@@ -181,4 +168,4 @@ def test_images_without_a_container_engine_says_so(deployed: Deployed, tmp_path:
             (bin_dir / tool).symlink_to(found.stdout.strip())
     done = deployed.make("images", env={**deployed.env, "PATH": str(bin_dir)})
     assert done.returncode != 0
-    assert "no container engine found" in done.stderr
+    assert "buildah is not installed (make setup installs it from Debian)" in done.stderr

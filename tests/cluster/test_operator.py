@@ -1,8 +1,9 @@
-"""The operator end to end on the real control plane, with the real worker run by the node agent."""
+"""The operator end to end on the real cluster: worker Pods run the worker image on real nodes."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import urllib.request
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import Cluster, host_folder
 from tests.cluster.harness.processes import wait_until
 from tests.cluster.operator_process import OperatorProcess
 from tests.worker.http_server import serve
@@ -22,8 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
 
-def kubectl(cluster: Cluster, *args: str, stdin: str | None = None) -> str:
-    done = cluster.kubectl(*args, stdin=stdin)
+def kubectl(cluster: Cluster, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+    done = cluster.kubectl(*args, stdin=stdin, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -54,7 +55,9 @@ def operator(
             }
         ),
     )
-    process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "log")
+    process = OperatorProcess(
+        cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "log", cluster.image("worker")
+    )
     process.start()
     yield process
     process.stop()
@@ -62,9 +65,8 @@ def operator(
 
 @pytest.fixture
 def disks(tmp_path: Path) -> Path:
-    directory = tmp_path / "disks"
-    directory.mkdir()
-    return directory
+    """Source disks, read by the worker's user through hostPath volumes."""
+    return host_folder(tmp_path / "disks", writable=False)
 
 
 def migration(
@@ -84,6 +86,8 @@ def migration(
 
 
 def convert_disk(source: dict[str, Any], out: Path, name: str = "disk0") -> dict[str, Any]:
+    """A disk converted into the host folder `out`, which the worker's user may write."""
+    host_folder(out, writable=True)
     return {
         "name": name,
         "source": source,
@@ -119,12 +123,15 @@ def worker_pods(cluster: Cluster, namespace: str, job: str) -> list[dict[str, An
     return list(pods["items"])
 
 
-def served_disk(disks: Path, size: int, data: int, rate: int) -> Iterator[tuple[str, Path]]:
+def served_disk(
+    cluster: Cluster, disks: Path, size: int, data: int, rate: int
+) -> Iterator[tuple[str, Path]]:
     raw = make_raw(disks / "served.raw", size, [(0, data // 2), (size // 2, data // 2)])
     www = disks / "www"
     www.mkdir()
     to_vmdk(raw, www / "served.vmdk", "monolithicSparse")
-    with serve(www, bytes_per_second=rate) as url:  # one budget shared by all readers
+    # One budget shared by all readers; on the host's cluster address, so Pods reach it.
+    with serve(www, bytes_per_second=rate, host=cluster.host_address) as url:
         yield f"{url}/served.vmdk", raw
 
 
@@ -138,15 +145,15 @@ def start_and_wait_running(
 
 
 @pytest.fixture
-def slow_source(disks: Path) -> Iterator[tuple[str, Path]]:
+def slow_source(cluster: Cluster, disks: Path) -> Iterator[tuple[str, Path]]:
     """Conversion and verification read 40 MiB at 4 MiB/s: about ten seconds of work."""
-    yield from served_disk(disks, 24 * MiB, 16 * MiB, 4 * MiB)
+    yield from served_disk(cluster, disks, 24 * MiB, 16 * MiB, 4 * MiB)
 
 
 @pytest.fixture
-def steady_source(disks: Path) -> Iterator[tuple[str, Path]]:
+def steady_source(cluster: Cluster, disks: Path) -> Iterator[tuple[str, Path]]:
     """A few seconds of work per job, for tests that run several."""
-    yield from served_disk(disks, 8 * MiB, 4 * MiB, 8 * MiB)
+    yield from served_disk(cluster, disks, 8 * MiB, 4 * MiB, 8 * MiB)
 
 
 def test_convert_job_goes_through_every_phase(
@@ -156,7 +163,7 @@ def test_convert_job_goes_through_every_phase(
     slow_source: tuple[str, Path],
     tmp_path: Path,
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     url, raw = slow_source
     out = tmp_path / "out"
     submit(
@@ -211,7 +218,7 @@ def test_convert_job_goes_through_every_phase(
 def test_inspect_job_stores_its_report(
     operator: OperatorProcess, cluster: Cluster, namespace: str, disks: Path
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     raw = make_raw(disks / "i.raw", 16 * MiB, [(0, MiB)])
     to_vmdk(raw, disks / "i.vmdk", "streamOptimized")
     body = migration(
@@ -233,7 +240,7 @@ def test_inspect_job_stores_its_report(
 def test_corrupt_source_fails_permanently_without_retry(
     operator: OperatorProcess, cluster: Cluster, namespace: str, disks: Path, tmp_path: Path
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     bad = disks / "junk.vmdk"
     bad.write_bytes(b"not a disk" * 10000)
     submit(
@@ -262,12 +269,13 @@ def test_corrupt_source_fails_permanently_without_retry(
 def test_transient_failure_is_retried_and_succeeds(
     operator: OperatorProcess, cluster: Cluster, namespace: str, disks: Path, tmp_path: Path
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     raw = make_raw(disks / "f.raw", 16 * MiB, [(0, MiB)])
     www = disks / "www"
     www.mkdir()
     to_vmdk(raw, www / "flaky.vmdk", "monolithicSparse")
-    with serve(www, fail_first=1) as url:  # the first request gets 503: a passing outage
+    # The first request gets 503: a passing outage.
+    with serve(www, fail_first=1, host=cluster.host_address) as url:
         submit(
             cluster,
             namespace,
@@ -300,7 +308,7 @@ def test_cancel_stops_the_pod_and_leaves_no_output(
     slow_source: tuple[str, Path],
     tmp_path: Path,
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     url, _ = slow_source
     out = tmp_path / "out"
     start_and_wait_running(cluster, namespace, "stopme", url, out)
@@ -326,12 +334,12 @@ def test_cancel_stops_the_pod_and_leaves_no_output(
 def test_timeout_fails_the_job(
     operator: OperatorProcess, cluster: Cluster, namespace: str, disks: Path, tmp_path: Path
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     raw = make_raw(disks / "t.raw", 64 * MiB, [(0, 48 * MiB)])
     www = disks / "www"
     www.mkdir()
     to_vmdk(raw, www / "crawl.vmdk", "monolithicSparse")
-    with serve(www, bytes_per_second=256 * 1024) as url:  # minutes of work
+    with serve(www, bytes_per_second=256 * 1024, host=cluster.host_address) as url:  # minutes
         submit(
             cluster,
             namespace,
@@ -355,7 +363,7 @@ def test_more_jobs_than_slots_wait_in_priority_order(
     slow_source: tuple[str, Path],
     tmp_path: Path,
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     url, _ = slow_source
     for node in cluster.nodes:
         kubectl(cluster, "label", "node", node, "hyper2kvm.io/slots=1", "--overwrite")
@@ -421,7 +429,7 @@ def test_operator_killed_mid_run_finishes_the_job_with_one_pod(
     slow_source: tuple[str, Path],
     tmp_path: Path,
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     url, raw = slow_source
     out = tmp_path / "out"
     start_and_wait_running(cluster, namespace, "survivor", url, out)
@@ -444,7 +452,7 @@ def test_deleting_a_job_removes_its_pod(
     slow_source: tuple[str, Path],
     tmp_path: Path,
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     url, _ = slow_source
     start_and_wait_running(cluster, namespace, "gone", url, tmp_path / "o")
     kubectl(cluster, "delete", "-n", namespace, "mj", "gone", "--wait=true", "--timeout=60s")
@@ -476,11 +484,13 @@ def test_metrics(operator: OperatorProcess, cluster: Cluster) -> None:
 def test_two_replicas_one_acts_and_the_other_takes_over(
     operator: OperatorProcess, cluster: Cluster, namespace: str, disks: Path, tmp_path: Path
 ) -> None:
-    cluster.require_agent()
+    cluster.require_local()
     raw = make_raw(disks / "ha.raw", 8 * MiB, [(0, MiB)])
     to_vmdk(raw, disks / "ha.vmdk", "monolithicSparse")
     source = {"hostPath": {"path": str(disks / "ha.vmdk")}}
-    standby = OperatorProcess(cluster.kubeconfig, tmp_path / "standby.log", priority=50).start()
+    standby = OperatorProcess(
+        cluster.kubeconfig, tmp_path / "standby.log", cluster.image("worker"), priority=50
+    ).start()
     try:
         wait_until(
             lambda: (
@@ -508,3 +518,90 @@ def test_two_replicas_one_acts_and_the_other_takes_over(
         standby.stop()
         if operator.process is None:
             operator.start()
+
+
+def test_kubelet_restart_mid_run_keeps_the_worker_and_the_job(
+    operator: OperatorProcess,
+    cluster: Cluster,
+    namespace: str,
+    slow_source: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    """containerd keeps the container while kubelet is down; kubelet takes it back."""
+    local = cluster.require_local()
+    url, raw = slow_source
+    start_and_wait_running(cluster, namespace, "steady", url, tmp_path / "out")
+    node = local.node(job_status(cluster, namespace, "steady")["node"])
+
+    node.stop_kubelet()
+    node.start_kubelet()
+    final = wait_phase(cluster, namespace, "steady", TERMINAL, timeout=180)
+
+    assert final["phase"] == "Succeeded", (final, operator.log_tail())
+    assert [p["metadata"]["name"] for p in worker_pods(cluster, namespace, "steady")] == [
+        "steady-1"
+    ]
+    assert final["disks"][0]["digest"] == raw_digest(raw)
+
+
+def test_worker_killed_at_its_memory_limit_fails_with_the_limit_named(
+    operator: OperatorProcess, cluster: Cluster, namespace: str, disks: Path, tmp_path: Path
+) -> None:
+    cluster.require_local()
+    raw = make_raw(disks / "m.raw", 16 * MiB, [(0, MiB)])
+    to_vmdk(raw, disks / "m.vmdk", "monolithicSparse")
+    disk = convert_disk({"hostPath": {"path": str(disks / "m.vmdk")}}, tmp_path / "out")
+    # Less than the worker's interpreter needs to start: the kernel kills it at once.
+    limits = {"requests": {"memory": "16Mi"}, "limits": {"memory": "16Mi"}}
+    submit(cluster, namespace, migration("small", cluster, [disk], retries=3, resources=limits))
+
+    final = wait_phase(cluster, namespace, "small", TERMINAL)
+
+    assert (final["phase"], final["reason"], final["attempt"]) == ("Failed", "OOMKilled", 1)
+    assert "memory limit of 16Mi" in final["message"]
+    assert "resources.limits.memory" in final["message"]
+
+
+def test_draining_the_node_moves_the_job_to_another(
+    operator: OperatorProcess,
+    cluster: Cluster,
+    namespace: str,
+    slow_source: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    """kubectl drain evicts the worker (SIGTERM: it stops cleanly); the next attempt runs on
+    a node that takes work."""
+    cluster.require_local()
+    url, raw = slow_source
+    start_and_wait_running(cluster, namespace, "moved", url, tmp_path / "out")
+    drained = job_status(cluster, namespace, "moved")["node"]
+    try:
+        kubectl(cluster, "drain", drained, "--delete-emptydir-data", "--ignore-daemonsets",
+                "--timeout=120s", timeout=180)  # fmt: skip
+        final = wait_phase(cluster, namespace, "moved", TERMINAL, timeout=240)
+    finally:
+        kubectl(cluster, "uncordon", drained)
+
+    assert final["phase"] == "Succeeded", (final, operator.log_tail())
+    assert final["attempt"] == 2 and final["node"] != drained
+    assert final["disks"][0]["digest"] == raw_digest(raw)
+    assert same_content(raw, tmp_path / "out" / "disk0.qcow2", "raw", "qcow2")
+
+
+def test_a_host_folder_the_worker_may_not_write_fails_the_job_saying_so(
+    operator: OperatorProcess, cluster: Cluster, namespace: str, disks: Path, tmp_path: Path
+) -> None:
+    """hostPath keeps the node's ownership (fsGroup does not apply): the worker's user is
+    named, and nothing is retried."""
+    cluster.require_local()
+    raw = make_raw(disks / "w.raw", 8 * MiB, [(0, MiB)])
+    to_vmdk(raw, disks / "w.vmdk", "monolithicSparse")
+    disk = convert_disk({"hostPath": {"path": str(disks / "w.vmdk")}}, tmp_path / "out")
+    os.chown(tmp_path / "out", 0, 0)  # as a folder made by root on the node is
+    submit(cluster, namespace, migration("closed", cluster, [disk], retries=2))
+
+    final = wait_phase(cluster, namespace, "closed", TERMINAL)
+
+    assert (final["phase"], final["reason"], final["attempt"]) == ("Failed", "OutputNotWritable", 1)
+    assert "not writable by uid 10001 gid 10001" in final["message"]
+    assert list((tmp_path / "out").iterdir()) == []

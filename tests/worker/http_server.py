@@ -15,9 +15,12 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 @contextmanager
 def serve(
-    directory: Path, bytes_per_second: int | None = None, fail_first: int = 0
+    directory: Path,
+    bytes_per_second: int | None = None,
+    fail_first: int = 0,
+    host: str = "127.0.0.1",
 ) -> Iterator[str]:
-    """Serve `directory` on 127.0.0.1 at a free port; yields the base URL.
+    """Serve `directory` on `host` at a free port; yields the base URL.
 
     `fail_first` requests are answered 503 first: an outage that passes.
     """
@@ -96,12 +99,12 @@ def serve(
         def log_message(self, format: str, *args: object) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

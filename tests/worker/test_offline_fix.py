@@ -24,7 +24,6 @@ import blake3
 import psutil
 import pytest
 
-import tests.packaging as packaging
 from hyper2kvm_worker import libguestfs
 from tests import requirements
 from tests.guest import build_guest
@@ -550,66 +549,3 @@ def _wait_for(log: Path, process: subprocess.Popen[bytes], marker: str, deadline
             return text
         time.sleep(1)
     return text
-
-
-def test_the_worker_images_fixed_appliance_serves_offline_fix(guest_vmdk: Path) -> None:
-    """The image's appliance recipe, run here, gives an appliance offline_fix runs on, as
-    the image's user and with nothing built into the scratch or cache directories."""
-    dockerfile = packaging.parse(packaging.DOCKERFILES["worker"])
-    (recipe,) = [
-        run.value
-        for run in dockerfile.final.all("RUN")
-        if "libguestfs-make-fixed-appliance" in run.value
-    ]
-    (env_line,) = dockerfile.final.all("ENV")
-    image_path = re.search(r"LIBGUESTFS_PATH=(\S+)", env_line.value)
-    assert image_path is not None
-    # Under /var/tmp: pytest's own directories are closed to the unprivileged worker.
-    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="hyper2kvm-test-") as directory:
-        top = Path(directory)
-        top.chmod(0o755)
-        appliance = top / "appliance"
-        builder_cache = top / "builder-cache"
-        builder_cache.mkdir()
-        built = subprocess.run(
-            ["bash", "-euc", recipe.replace(image_path.group(1), str(appliance))],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-            env={**os.environ, "LIBGUESTFS_CACHEDIR": str(builder_cache)},
-        )
-        assert built.returncode == 0, built.stdout + built.stderr
-        files = sorted(p.name for p in appliance.iterdir())
-        assert files == ["README.fixed", "initrd", "kernel", "root"]
-        assert (appliance / "root").stat().st_size < 2 << 30  # shrunk from 4 GiB
-
-        as_nobody = unprivileged()
-        work = top / "work"
-        for folder in (work, work / "tmp", work / "cache"):
-            folder.mkdir(mode=0o755)
-            if as_nobody:
-                os.chown(folder, 65534, 65534)
-        source = work / "guest.vmdk"
-        shutil.copyfile(guest_vmdk, source)
-        source.chmod(0o444)
-        done = subprocess.run(
-            [*as_nobody, WORKER, "fix", source, "--dry-run", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-            env={
-                **os.environ,
-                "LIBGUESTFS_PATH": str(appliance),
-                "LIBGUESTFS_CACHEDIR": str(work / "cache"),
-                "TMPDIR": str(work / "tmp"),
-            },
-        )
-        outcome = Outcome(done.returncode, done.stdout, done.stderr)
-        assert outcome.returncode == 0, outcome.stderr
-        (disk,) = outcome.result()["disks"]
-        would = {name for name, status in disk["fixes"].items() if status == "would_apply"}
-        assert "fstab" in would
-        # No supermin appliance was built: libguestfs booted the fixed one.
-        assert not list((work / "cache").rglob("appliance.d"))

@@ -1,7 +1,9 @@
-"""etcd, kube-apiserver, kube-controller-manager and kube-scheduler on 127.0.0.1.
+"""etcd, kube-apiserver, kube-controller-manager and kube-scheduler of one test cluster.
 
 The binaries come from hack/k8s/build.sh. Every run gets fresh certificates, fresh ports and
 a fresh etcd data directory under its state directory; component logs are written there too.
+etcd and the controllers listen on 127.0.0.1; the API server on `address`, the host's end
+of the cluster network (network.py), so that kubelets and Pods reach it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 import yaml
+from tests.cluster.harness.network import SERVICE_CIDR
 from tests.cluster.harness.pki import KeyPair, Pki, make_pki
 from tests.cluster.harness.processes import (
     WaitAborted,
@@ -31,8 +34,7 @@ from tests.cluster.harness.processes import (
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "k8s" / "build.sh"
-# Only an allocation range for Service objects: nothing routes to it, no packet is sent.
-SERVICE_CIDR = "10.0.0.0/24"
+# Service addresses: kube-proxy's rules on each node turn them into endpoints.
 SERVICE_IP = "10.0.0.1"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -66,6 +68,7 @@ class ControlPlane:
 
     state_dir: Path
     bin_dir: Path
+    address: str = "127.0.0.1"  # where the API server listens and what it advertises
     start_timeout: float = 180.0
     server: str = ""
     kubeconfig: Path = field(init=False)
@@ -100,7 +103,7 @@ class ControlPlane:
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.pki = make_pki(self.state_dir / "pki", service_ip=SERVICE_IP)
+            self.pki = make_pki(self.state_dir / "pki", service_ip=SERVICE_IP, address=self.address)
             etcd_url = self._start_etcd()
             self._start_apiserver(etcd_url)
             self._start_controller_manager()
@@ -168,20 +171,21 @@ class ControlPlane:
 
     def _start_apiserver(self, etcd_url: str) -> None:
         assert self.pki is not None
-        port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        port = free_port(self.address)
+        self.server = f"https://{self.address}:{port}"
         pki = self.pki
         self._run(
             "kube-apiserver",
             [
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={port}",
                 f"--tls-cert-file={pki.apiserver.cert}",
                 f"--tls-private-key-file={pki.apiserver.key}",
                 f"--client-ca-file={pki.ca.cert}",
-                "--authorization-mode=RBAC",
+                # Kubelets are authorized as their own Node only (NodeRestriction is on).
+                "--authorization-mode=Node,RBAC",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki.service_account_pub}",
                 f"--service-account-signing-key-file={pki.service_account_key}",
@@ -189,13 +193,12 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--cert-dir={self.state_dir / 'apiserver-certs'}",
-                # The endpoint reconciler refuses loopback addresses; nothing here needs the
-                # endpoints of the "kubernetes" Service (pods get the real address in env).
-                "--endpoint-reconciler-type=none",
-                # Node names do not resolve; the node agent's kubelet endpoint (kubectl logs)
-                # is at the InternalIP 127.0.0.1 each Node reports. The endpoint's certificate
-                # is self-signed: without --kubelet-certificate-authority it is not verified.
+                # Node names do not resolve: kubelets are reached at their InternalIP, with
+                # the certificate the cluster CA signed for it, as a client of their own.
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-certificate-authority={pki.ca.cert}",
+                f"--kubelet-client-certificate={pki.kubelet_client.cert}",
+                f"--kubelet-client-key={pki.kubelet_client.key}",
             ],
         )
         self._wait("kube-apiserver", lambda: self._api_get("/readyz") == "ok")
@@ -227,6 +230,10 @@ class ControlPlane:
                 f"--cluster-signing-key-file={pki.ca.key}",
                 "--controllers=*",
                 "--profiling=false",
+                # A lost node is noticed in 20 s rather than 50 s: two missed lease renewals
+                # (kubelet renews every 10 s), so tests of node loss take less time.
+                "--node-monitor-grace-period=20s",
+                "--node-monitor-period=2s",
             ],
         )
         self._controller_manager_port = port
@@ -272,7 +279,9 @@ class ControlPlane:
 
     def _api_get(self, path: str) -> str:
         port = int(self.server.rsplit(":", 1)[1])
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=self.ssl_context(), timeout=5)
+        conn = http.client.HTTPSConnection(
+            self.address, port, context=self.ssl_context(), timeout=5
+        )
         try:
             conn.request("GET", path)
             resp = conn.getresponse()

@@ -31,6 +31,8 @@ class Pki:
     admin: KeyPair
     controller_manager: KeyPair
     scheduler: KeyPair
+    kubelet_client: KeyPair  # the API server's, for logs, exec and port-forward on kubelets
+    kube_proxy: KeyPair
 
 
 def _openssl(*args: str) -> None:
@@ -73,50 +75,49 @@ def _client(directory: Path, name: str, ca: KeyPair, subject: str) -> KeyPair:
     return _leaf(directory, name, ca, subject, ext)
 
 
-def self_signed_serving_pair(
-    directory: Path, name: str, *, subject: str, sans: Sequence[str]
-) -> KeyPair:
-    """A serving certificate signed by its own key, for a server nobody verifies.
-
-    The test node agent's kubelet endpoint uses one: the API server only checks a kubelet's
-    certificate when it has --kubelet-certificate-authority, which the local one has not.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    pair = KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
-    _openssl(
-        "req", "-x509", *_EC, "-keyout", str(pair.key), "-out", str(pair.cert),
-        "-days", _DAYS, "-subj", subject,
-        "-addext", "basicConstraints=critical,CA:FALSE",
-        "-addext", "keyUsage=critical,digitalSignature,keyEncipherment",
-        "-addext", "extendedKeyUsage=serverAuth",
-        "-addext", f"subjectAltName={','.join(sans)}",
-    )  # fmt: skip
-    pair.key.chmod(0o600)
-    return pair
-
-
-def make_pki(directory: Path, *, service_ip: str) -> Pki:
-    """Create a CA, the API server's serving pair, client pairs and the token signing key."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = _ca(directory)
-    sans = ",".join(
-        [
-            "IP:127.0.0.1",
-            f"IP:{service_ip}",
-            "DNS:localhost",
-            "DNS:kubernetes",
-            "DNS:kubernetes.default",
-            "DNS:kubernetes.default.svc",
-            "DNS:kubernetes.default.svc.cluster.local",
-        ]
-    )
-    serving_ext = (
+def _serving_ext(sans: Sequence[str]) -> str:
+    return (
         "basicConstraints=CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
-        f"subjectAltName={sans}\n"
+        f"subjectAltName={','.join(sans)}\n"
     )
-    apiserver = _leaf(directory, "apiserver", ca, "/CN=kube-apiserver", serving_ext)
+
+
+@dataclass(frozen=True)
+class NodePki:
+    serving: KeyPair  # kubelet's HTTPS endpoint, verified by the API server
+    client: KeyPair  # kubelet's identity: system:node:<name> in group system:nodes
+
+
+def make_node_pki(directory: Path, ca: KeyPair, node: str, address: str) -> NodePki:
+    """A node's kubelet pairs, signed by the cluster CA (the Node authorizer reads the name)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    serving = _leaf(
+        directory, "kubelet-serving", ca, f"/O=system:nodes/CN=system:node:{node}",
+        _serving_ext([f"IP:{address}", f"DNS:{node}"]),
+    )  # fmt: skip
+    client = _client(directory, "kubelet-client", ca, f"/O=system:nodes/CN=system:node:{node}")
+    for pair in (serving, client):
+        pair.key.chmod(0o600)
+    return NodePki(serving, client)
+
+
+def make_pki(directory: Path, *, service_ip: str, address: str) -> Pki:
+    """Create a CA, the API server's serving pair (for `address`, where it listens, and the
+    `kubernetes` Service's IP), client pairs and the token signing key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = _ca(directory)
+    sans = [
+        f"IP:{address}",
+        f"IP:{service_ip}",
+        "DNS:localhost",
+        "DNS:kubernetes",
+        "DNS:kubernetes.default",
+        "DNS:kubernetes.default.svc",
+        "DNS:kubernetes.default.svc.cluster.local",
+    ]
+    apiserver = _leaf(directory, "apiserver", ca, "/CN=kube-apiserver", _serving_ext(sans))
     sa_key = directory / "service-account.key"
     sa_pub = directory / "service-account.pub"
     _openssl(
@@ -136,4 +137,11 @@ def make_pki(directory: Path, *, service_ip: str) -> Pki:
             directory, "controller-manager", ca, "/CN=system:kube-controller-manager"
         ),
         scheduler=_client(directory, "scheduler", ca, "/CN=system:kube-scheduler"),
+        # Bound by the bootstrap policy: system:kube-proxy to system:node-proxier; the API
+        # server's kubelet client is an admin (as kubeadm's), so kubelets' webhook
+        # authorization lets it read logs and exec.
+        kubelet_client=_client(
+            directory, "apiserver-kubelet-client", ca, "/O=system:masters/CN=kube-apiserver"
+        ),
+        kube_proxy=_client(directory, "kube-proxy", ca, "/CN=system:kube-proxy"),
     )
