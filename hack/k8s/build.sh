@@ -10,11 +10,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}"
 
-# The installed Go must build these as they are: a silent toolchain download would
-# hide a version mismatch and cannot work offline anyway.
-export GOTOOLCHAIN=local
-export PATH="$PATH:/usr/local/go/bin"
-command -v go >/dev/null || { echo "build.sh: go not found" >&2; exit 1; }
+# shellcheck source=../go-env.sh
+source "$here/../go-env.sh"
 
 # A go.mod requirement line: "require MOD VER" or, inside a block, "MOD VER [// indirect]".
 mod_version() {

@@ -8,9 +8,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}"
-export GOTOOLCHAIN=local
-export PATH="$PATH:/usr/local/go/bin"
-command -v go >/dev/null || { echo "node/build.sh: go not found" >&2; exit 1; }
+# shellcheck source=../go-env.sh
+source "$here/../go-env.sh"
 
 version="$(awk '$1 == "github.com/containerd/containerd/v2" {print $2; exit}' "$here/go.mod")"
 [[ -n "$version" ]] || { echo "node/build.sh: no containerd version in go.mod" >&2; exit 1; }

@@ -13,9 +13,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}"
 prometheus_operator_version=v0.85.0
 
-export GOTOOLCHAIN=local
-export PATH="$PATH:/usr/local/go/bin"
-command -v go >/dev/null || { echo "tools/build.sh: go not found" >&2; exit 1; }
+# shellcheck source=../go-env.sh
+source "$here/../go-env.sh"
 
 helm_version="$(awk '$1 == "helm.sh/helm/v3" {print $2; exit}' "$here/go.mod")"
 [[ -n "$helm_version" ]] || { echo "tools/build.sh: no helm version in go.mod" >&2; exit 1; }

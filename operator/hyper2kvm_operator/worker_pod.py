@@ -6,6 +6,7 @@ the Pod it already made instead of making a second one.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,15 @@ POD_SECURITY_CONTEXT = {
     "runAsGroup": WORKER_UID,
     "fsGroup": WORKER_UID,
     "fsGroupChangePolicy": "OnRootMismatch",
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# Every worker container but a privileged offline_fix: what PSA's "restricted" level asks.
+CONTAINER_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": WORKER_UID,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 TERMINATION_LOG = "/dev/termination-log"
@@ -85,14 +95,7 @@ def security_context(operation: Operation, settings: Settings) -> dict[str, Any]
         # without it offline_fix works unprivileged, more slowly. As root: the device's
         # group differs from host to host, so the image's user may not open it.
         return {"privileged": True, "runAsUser": 0, "runAsNonRoot": False}
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": WORKER_UID,
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    return copy.deepcopy(CONTAINER_SECURITY_CONTEXT)
 
 
 def resources(spec: api.MigrationJobSpec, settings: Settings) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from tests.cluster.harness.node import KUBELET_SYSCTLS
 from tests.cluster.harness.processes import free_port, wait_until
 from tests.cluster.harness.provisioner import STORAGE_CLASS
 
+from hyper2kvm_operator.worker_pod import CONTAINER_SECURITY_CONTEXT
+
 Obj = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]
 GROUP = "harness.hyper2kvm.io"
@@ -65,14 +67,7 @@ CRD: Obj = {
         ],
     },
 }
-NON_ROOT = {
-    "runAsNonRoot": True,
-    "runAsUser": WORKER_UID,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
+NON_ROOT = CONTAINER_SECURITY_CONTEXT  # as the operator runs its workers
 
 
 def kubectl(

@@ -134,6 +134,9 @@ def test_worker_image_holds_the_wheel_and_no_installer(worker: Running) -> None:
         code, _, err = worker.run("python3", "-c", f"import {module}")
         assert code != 0 and f"No module named '{module}'" in err, f"{why} is in the image"
     assert worker.ok("id", "-u").strip() == str(WORKER_UID)
+    # pip's CA bundle was a build secret: in no layer, and in no variable of the image.
+    assert worker.run("test", "-e", "/run/secrets/pip-cert")[0] != 0
+    assert "PIP_CERT" not in worker.ok("env")
 
 
 def test_worker_image_reports_what_it_can_do(worker: Running) -> None:
