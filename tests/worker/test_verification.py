@@ -107,15 +107,38 @@ def test_without_verification_the_damage_goes_unnoticed(
     assert raw_digest(tmp_path / "out" / "x.raw") != raw_digest(small_raw)
 
 
-def test_leftover_partial_from_a_killed_attempt_is_replaced(
-    small_raw: Path, tmp_path: Path
-) -> None:
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / ".x.qcow2.hyper2kvm-partial").write_bytes(b"half of an earlier attempt")
+def test_leftovers_of_a_killed_attempt_are_cleared(small_raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / ".x.qcow2.hyper2kvm-k1ll3d").mkdir(parents=True)
+    (out / ".x.qcow2.hyper2kvm-k1ll3d" / "x.qcow2").write_bytes(b"half of an earlier attempt")
+    (out / ".x.qcow2.hyper2kvm-partial").write_bytes(b"an older worker's partial file")
 
     result, staged = convert(ToolRunner(), small_raw, tmp_path, "x.qcow2", True)
-    assert leftovers(tmp_path / "out") == [".x.qcow2.hyper2kvm-partial"]
+    (private,) = leftovers(out)
+    assert private.startswith(".x.qcow2.hyper2kvm-") and private != ".x.qcow2.hyper2kvm-k1ll3d"
+    assert (out / private).stat().st_mode & 0o777 == 0o700
     staged.commit()
 
     assert result.digest == raw_digest(small_raw)
-    assert leftovers(tmp_path / "out") == ["x.qcow2"]
+    assert leftovers(out) == ["x.qcow2"]
+
+
+def test_the_partial_file_cannot_be_diverted_by_another_writer(
+    small_raw: Path, tmp_path: Path
+) -> None:
+    """Another writer of the output directory plants symlinks where a fixed partial name or
+    the output would be: the work stays in the private directory and the victim is intact."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"someone else's file")
+    for name in (".x.qcow2.hyper2kvm-partial", ".x.qcow2.hyper2kvm-partial.qcow2"):
+        (out / name).symlink_to(victim)
+
+    result, staged = convert(ToolRunner(), small_raw, tmp_path, "x.qcow2", True)
+    (out / "x.qcow2").symlink_to(victim)  # planted while the conversion ran
+    staged.commit()
+
+    assert victim.read_bytes() == b"someone else's file"
+    assert not (out / "x.qcow2").is_symlink()  # the rename replaced the link, not its target
+    assert raw_digest(out / "x.qcow2") == result.digest == raw_digest(small_raw)

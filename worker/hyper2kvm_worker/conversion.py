@@ -2,13 +2,19 @@
 
 Nothing is ever written at the requested output path until the output is complete,
 flushed to disk and (by default) proven equal to the source: the work happens in a
-hidden temporary file beside it, removed on every failure and on cancellation.
+private hidden directory beside it (made by this process, writable by it alone), removed on
+every failure and on cancellation. Nobody else writing the output directory can divert
+the partial file (a symlink in its place, a file of the same name), and the final rename
+is made through a descriptor of the output directory opened before the work, to a plain
+name: it cannot land anywhere else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,37 +58,72 @@ def create_options(output: Output) -> tuple[str, ...]:
     return tuple(options)
 
 
-def partial_path(final: Path) -> Path:
-    """The temporary name beside the output; fixed, so a retry clears a killed attempt's file."""
-    return final.with_name(f".{final.name}.hyper2kvm-partial")
-
-
-def data_file_of(source: OpenedSource) -> Path | None:
-    """The single local file that holds all of the source's data, when there is one."""
-    layout = source.layout
-    if not source.local or layout.descriptor.has_parent:
-        return None
-    if layout.single_file:
-        return layout.files[0]
-    file_extents = [extent for extent in layout.descriptor.extents if extent.file is not None]
-    if len(layout.descriptor.extents) == 1 and len(file_extents) == 1:
-        return layout.files[1]
-    return None
+def staging_prefix(final: Path) -> str:
+    """The start of the name of every staging directory of `final` (a retry clears them)."""
+    return f".{final.name}.hyper2kvm-"
 
 
 @dataclass(frozen=True)
 class StagedOutput:
-    """A complete, flushed, verified output still under its hidden name."""
+    """The output while it is made: `partial`, in a private directory beside `final`."""
 
     partial: Path
     final: Path
+    _parent_fd: int  # the output directory, opened before anything was written
+
+    @classmethod
+    def create(cls, final: Path) -> StagedOutput:
+        """A new private directory beside `final` (mkdir never follows a symlink and fails
+        on an existing name; mode 0700), after clearing what killed attempts left."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            parent_fd = os.open(final.parent, flags)
+        except OSError as error:
+            raise BadInput(
+                Reason.UNSAFE_PATH, f"output directory {final.parent}: {error.strerror}"
+            ) from None
+        _clear_stale_staging(parent_fd, final)
+        private = tempfile.mkdtemp(prefix=staging_prefix(final), dir=final.parent)
+        return cls(partial=Path(private) / final.name, final=final, _parent_fd=parent_fd)
 
     def commit(self) -> None:
-        self.partial.replace(self.final)
-        _fsync_directory(self.final.parent)
+        # renameat: from the private directory to a plain name in the directory opened at
+        # the start, whatever has since been done to the path that led there.
+        private = os.open(self.partial.parent.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                          dir_fd=self._parent_fd)  # fmt: skip
+        try:
+            os.rename(self.partial.name, self.final.name, src_dir_fd=private,
+                      dst_dir_fd=self._parent_fd)  # fmt: skip
+        finally:
+            os.close(private)
+        _fsync_fd(self._parent_fd)
+        self._remove_private()
 
     def discard(self) -> None:
-        self.partial.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.partial.unlink()
+        self._remove_private()
+
+    def _remove_private(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.partial.parent.name, dir_fd=self._parent_fd)
+        with contextlib.suppress(OSError):
+            os.close(self._parent_fd)
+
+
+def _clear_stale_staging(parent_fd: int, final: Path) -> None:
+    """Staging directories (and the older single partial file) of killed attempts, ours only."""
+    prefix = staging_prefix(final)
+    for entry in os.scandir(parent_fd):
+        if not entry.name.startswith(prefix):
+            continue
+        info = entry.stat(follow_symlinks=False)
+        if info.st_uid != os.getuid():
+            continue  # not this worker's: never touched
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.name, dir_fd=parent_fd)  # never follows a link inside it
+        else:
+            os.unlink(entry.name, dir_fd=parent_fd)  # unlink removes a link, not its target
 
 
 def check_not_a_source(final: Path, source_files: tuple[Path, ...]) -> None:
@@ -114,9 +155,8 @@ class Converter:
                 create_options=create_options(output),
                 compress=output.compression is not Compression.NONE,
             )
-            # Three independent looks at the source, at once: they cost start-up time only.
-            with ThreadPoolExecutor(max_workers=3, thread_name_prefix="preflight") as pool:
-                info = pool.submit(self._qemu_img.info, opened.image, opened.format)
+            # Two independent looks at the source, at once: they cost start-up time only.
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="preflight") as pool:
                 damage = pool.submit(self._qemu_img.check, opened.image, opened.format)
                 required = pool.submit(
                     self._qemu_img.measure,
@@ -125,15 +165,14 @@ class Converter:
                     options.output_format,
                     options.create_options,
                 )
-            size = int(info.result()["virtual-size"])
+            size = int(opened.info["virtual-size"])
             if damage.result() is not None:
                 raise BadInput(
                     Reason.INVALID_IMAGE, f"{opened.label} is damaged: {damage.result()}"
                 )
             observer.on_size(size)
             _check_space(final.parent, required.result())
-            staged = StagedOutput(partial=partial_path(final), final=final)
-            staged.discard()  # what a killed earlier attempt may have left
+            staged = StagedOutput.create(final)
             try:
                 digest = self._write(opened, staged.partial, options, size, verify, observer)
             except BaseException:
@@ -170,7 +209,7 @@ class Converter:
                     source_digester.digest,
                     opened.image,
                     opened.format,
-                    data_file_of(opened),
+                    opened.data_file,
                     lambda _done: None,
                 )
             observer.on_phase("converting")
@@ -254,6 +293,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_directory(directory: Path) -> None:
+def _fsync_fd(fd: int) -> None:
     with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
-        _fsync_file(directory)
+        os.fsync(fd)
