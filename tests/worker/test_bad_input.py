@@ -77,6 +77,36 @@ def test_corrupt_grain_directory(
     assert leftovers(out_dir) == []
 
 
+# A hostile or damaged KDMV header, field by field (offset in the header, value written):
+# each is refused from the header alone, before anything is read where it points.
+HOSTILE_HEADERS = {
+    "unknown version": (4, 4, 99, "version 99"),
+    "grain of zero sectors": (20, 8, 0, "grain size of 0"),
+    "grain not a power of two": (20, 8, 3, "grain size of 3"),
+    "huge grain tables": (44, 4, 100_000, "100000 entries"),
+    "petabytes of capacity": (12, 8, 1 << 50, "more than any VMDK holds"),
+    "directory far past the end": (56, 8, 1 << 40, "grain directory lies past the end"),
+    "gigabytes of descriptor": (36, 8, 1 << 30, "descriptor would be"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_HEADERS))
+def test_hostile_sparse_header_is_refused_as_bad_input(
+    case: str, small_raw: Path, tmp_path: Path, out_dir: Path, run_worker: RunWorker
+) -> None:
+    offset, width, value, words = HOSTILE_HEADERS[case]
+    vmdk = to_vmdk(small_raw, tmp_path / "hostile.vmdk", "monolithicSparse")
+    with vmdk.open("r+b") as stream:
+        stream.seek(offset)
+        stream.write(value.to_bytes(width, "little"))
+    for command in (("inspect",), ("convert",)):
+        args = (vmdk, out_dir / "x.qcow2") if command == ("convert",) else (vmdk,)
+        outcome = run_worker(*command, *args, timeout=60)
+        assert_one_line_error(outcome, PERMANENT, "InvalidImage")  # never 1: not retried
+        assert words in outcome.stderr
+    assert leftovers(out_dir) == []
+
+
 def test_missing_extent(tmp_path: Path, out_dir: Path, run_worker: RunWorker) -> None:
     descriptor = flat_descriptor(tmp_path, "gone-flat.vmdk")
     outcome = run_worker("convert", descriptor, out_dir / "x.qcow2")

@@ -52,7 +52,7 @@ class Digester:
         self,
         image: str,
         fmt: str,
-        data_file: Path | None,
+        data_file: str | Path | None,
         on_progress: ProgressCallback,
     ) -> str:
         """`data_file` is the one file holding all the image's data, when there is one."""
@@ -67,7 +67,7 @@ class Digester:
     def _hash_mapped(
         self,
         hasher: blake3.blake3,
-        data_file: Path,
+        data_file: str | Path,
         entries: list[MapEntry],
         on_progress: ProgressCallback,
     ) -> None:

@@ -52,6 +52,14 @@ class WorkerError(Exception):
     def permanent(self) -> bool:
         return self.exit_code is ExitCode.PERMANENT
 
+    def replacing(self, old: str, new: str) -> WorkerError:
+        """The same failure, its message naming `new` where it named `old`."""
+        if old not in self.message:
+            return self
+        copy = type(self).__new__(type(self))
+        WorkerError.__init__(copy, self.reason, self.message.replace(old, new))
+        return copy
+
 
 class BadInput(WorkerError):
     """The job or its source is wrong; the same job will fail the same way again."""

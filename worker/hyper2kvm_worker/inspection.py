@@ -33,7 +33,7 @@ class Inspector:
             return self._report(opened)
 
     def _report(self, opened: OpenedSource) -> dict[str, Any]:
-        info = self._qemu_img.info(opened.image, opened.format)
+        info = opened.info
         descriptor = opened.layout.descriptor
         header = opened.layout.header
         report: dict[str, Any] = {

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from hyper2kvm_worker.errors import Reason, TransientFailure, WorkerError
-from hyper2kvm_worker.tools import ToolRunner, require
+from hyper2kvm_worker.tools import ToolRunner, inherited, require
 
 _PID_LINE = re.compile(r"GUESTFISH_PID=(\d+)")
 # The first line a booting Linux kernel prints, once out of its real-mode setup code.
@@ -225,6 +225,7 @@ class GuestFish:
             stderr=self._log,
             start_new_session=True,
             env=self._env,
+            pass_fds=inherited(),  # pinned sources, which overlays may name (see pinned.py)
         )
         self._group = process.pid  # the daemonised listener stays in this process group
         assert process.stdout is not None

@@ -1,7 +1,10 @@
-"""The nbdkit adapter: serve a source (HTTP URL, a disk inside an OVA) as NBD on a socket.
+"""NBD servers on a private Unix socket: nbdkit for a source (HTTP URL, a disk inside an
+OVA), and qemu-nbd for an image qemu opens with options only this process can give (a
+pinned source handed on to a process that cannot inherit descriptors, such as the
+libguestfs appliance).
 
-qemu-img then reads `nbd+unix:///?socket=...` as if it were a local file, so remote
-and archived disks convert without being downloaded or extracted first.
+qemu then reads `nbd+unix:///?socket=...` as if it were a local file, so remote and
+archived disks convert without being downloaded or extracted first.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -42,12 +46,21 @@ class ServeSpec:
     description: str = field(default="", compare=False)  # for error messages, without secrets
 
 
-class NbdkitServer:
-    """One read-only nbdkit on a private Unix socket; a context manager that always stops it."""
+class NbdServer:
+    """One read-only NBD server on a private Unix socket; a context manager that always
+    stops it. `command(socket)` is its command line; `tool` names it in messages."""
 
-    def __init__(self, runner: ToolRunner, spec: ServeSpec) -> None:
+    def __init__(
+        self,
+        runner: ToolRunner,
+        command: Callable[[Path], list[str]],
+        tool: tuple[str, str],
+        description: str,
+    ) -> None:
         self._runner = runner
-        self._spec = spec
+        self._command = command
+        self._tool, self._package = tool
+        self._description = description
         self._scratch = tempfile.TemporaryDirectory(prefix="hyper2kvm-nbd-", dir=_socket_base())
         self.socket = Path(self._scratch.name) / "nbd.sock"
         self._process: subprocess.Popen[bytes] | None = None
@@ -56,20 +69,9 @@ class NbdkitServer:
     def uri(self) -> str:
         return f"nbd+unix:///?socket={self.socket}"
 
-    def __enter__(self) -> NbdkitServer:
-        require("nbdkit", NBDKIT_PACKAGE)
-        argv = [
-            "nbdkit",
-            "--foreground",
-            "--readonly",
-            "--exit-with-parent",
-            "--unix",
-            str(self.socket),
-            *(f"--filter={name}" for name in self._spec.filters),
-            self._spec.plugin,
-            *self._spec.params,
-        ]
-        self._process = self._runner.spawn(argv, stdout=subprocess.DEVNULL)
+    def __enter__(self) -> NbdServer:
+        require(self._tool, self._package)
+        self._process = self._runner.spawn(self._command(self.socket), stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
         while not self.socket.exists():
             if self._process.poll() is not None:
@@ -78,12 +80,13 @@ class NbdkitServer:
                 last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
                 raise TransientFailure(
                     Reason.SOURCE_UNREACHABLE,
-                    f"nbdkit could not serve {self._spec.description}: {last}",
+                    f"{self._tool} could not serve {self._description}: {last}",
                 )
             if time.monotonic() > deadline:
                 self._close()
                 raise TransientFailure(
-                    Reason.TOOL_FAILED, f"nbdkit did not start within {_START_TIMEOUT_SECONDS}s"
+                    Reason.TOOL_FAILED,
+                    f"{self._tool} did not start within {_START_TIMEOUT_SECONDS}s",
                 )
             self._runner.cancel.raise_if_cancelled()
             time.sleep(0.02)
@@ -104,6 +107,33 @@ class NbdkitServer:
                 self._process.stderr.close()
             self._process = None
         self._scratch.cleanup()
+
+
+def nbdkit_server(runner: ToolRunner, spec: ServeSpec) -> NbdServer:
+    def command(socket: Path) -> list[str]:
+        return [
+            "nbdkit",
+            "--foreground",
+            "--readonly",
+            "--exit-with-parent",
+            "--unix",
+            str(socket),
+            *(f"--filter={name}" for name in spec.filters),
+            spec.plugin,
+            *spec.params,
+        ]
+
+    return NbdServer(runner, command, ("nbdkit", NBDKIT_PACKAGE), spec.description)
+
+
+def qemu_nbd_server(runner: ToolRunner, image: str, fmt: str, description: str) -> NbdServer:
+    """`image` as qemu opens it (guest-visible content), read-only, for any reader."""
+
+    def command(socket: Path) -> list[str]:
+        return ["qemu-nbd", "--read-only", "--persistent", "--shared=0", f"--format={fmt}",
+                f"--socket={socket}", image]  # fmt: skip
+
+    return NbdServer(runner, command, ("qemu-nbd", "qemu-utils"), description)
 
 
 def curl_spec(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hyper2kvm_worker import libguestfs
+from hyper2kvm_worker import libguestfs, nbdkit
 from hyper2kvm_worker.conversion import StagedOutput
 from hyper2kvm_worker.digest import Digester
 from hyper2kvm_worker.errors import BadInput, Reason
@@ -82,9 +82,14 @@ class OfflineFix:
             sizes = {}
             for disk in job.disks:
                 opened = stack.enter_context(open_source(disk.source, self._runner))
+                # The appliance's qemu inherits no descriptors, so it reads a pinned source
+                # through a qemu-nbd that opens it exactly as qemu-img would.
+                served = stack.enter_context(
+                    nbdkit.qemu_nbd_server(self._runner, opened.image, opened.format, opened.label)
+                )
                 overlay = scratch / f"{disk.name}.overlay.qcow2"
                 qemu_img = QemuImg(self._runner)
-                qemu_img.create_overlay(opened.image, opened.format, overlay)
+                qemu_img.create_overlay(served.uri, "raw", overlay)
                 drives.append(Drive(str(overlay), "qcow2"))
                 sizes[disk.name] = int(qemu_img.info(str(overlay))["virtual-size"])
                 self._board.set_size(disk.name, sizes[disk.name])

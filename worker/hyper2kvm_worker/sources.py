@@ -1,19 +1,27 @@
-"""Opening a job's source as something qemu-img can read: a checked local path or an NBD URI.
+"""Opening a job's source as something qemu can read, and nothing more.
 
-Files are confined and their VMDK layout checked before any tool touches them; OVA disks
-are read in place through nbdkit's tar filter and HTTP sources through its curl plugin.
+Files are confined, pinned and their VMDK layout checked before any tool touches them;
+OVA disks are read in place through nbdkit's tar filter and HTTP sources through its curl
+plugin. Whatever the source, qemu gets explicit options (qemu_spec.py) naming every file it
+may open and no backing image the worker did not find itself.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from hyper2kvm_worker.errors import BadInput, Reason
+from hyper2kvm_worker import qemu_spec
+from hyper2kvm_worker import vmdk_descriptor as vd
+from hyper2kvm_worker.errors import BadInput, Reason, WorkerError
 from hyper2kvm_worker.paths import confine
+from hyper2kvm_worker.pinned import PinnedFiles, fd_path
 from hyper2kvm_worker.protocol import FileSource, HttpSource, OvaSource, Source
 from hyper2kvm_worker.qemu_img import QemuImg
 from hyper2kvm_worker.tools import ToolRunner
@@ -25,25 +33,69 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class OpenedSource:
-    image: str  # what qemu-img opens: a path or an nbd+unix:// URI
+    image: str  # what qemu opens: `json:{...}` options over pinned files or an NBD socket
     format: str
     layout: VmdkLayout
     label: str  # for messages and reports
     local: bool  # True when `image` is a plain file on this node
     stored_bytes: int | None = None  # what the source occupies where it is kept
     files: tuple[Path, ...] = ()  # local files read, so that no output may replace one
+    data_file: str | None = None  # the one pinned file that holds all the data, if there is
+    info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # qemu-img info's view
 
 
 @contextlib.contextmanager
 def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
-    """Yield the source ready for qemu-img; any helper process stops when the block ends."""
-    if isinstance(source, FileSource):
-        path = confine(Path(source.root), source.path, "source")
-        layout = load_local(path)
-        stored = sum(file.stat().st_blocks * 512 for file in layout.files)
-        yield OpenedSource(
-            str(path), "vmdk", layout, str(path), True, stored_bytes=stored, files=layout.files
+    """Yield the source ready for qemu-img; any helper process stops when the block ends.
+
+    A failure inside the block names the source as its user knows it, not by the options
+    qemu was given (`json:{...}` with descriptor numbers)."""
+    with _opened(source, runner) as opened:
+        try:
+            info = QemuImg(runner).info(opened.image, opened.format)
+            _agree(opened, info)
+            yield dataclasses.replace(opened, info=info)
+        except WorkerError as error:
+            raise error.replacing(opened.image, opened.label) from error
+
+
+def _agree(opened: OpenedSource, info: Mapping[str, Any]) -> None:
+    """Refuse a source that qemu reads differently from the worker: a parent only qemu sees
+    (it finds a parentFileNameHint anywhere in the text, comments included), or extents
+    other than the pinned ones."""
+    layout = opened.layout
+    hint = info.get("backing-filename")
+    if hint and layout.parent is None:
+        raise BadInput(
+            Reason.UNSAFE_PATH,
+            f"{opened.label}: qemu reads a parent file {hint!r} in it that its descriptor "
+            "does not declare; refusing it",
         )
+    if opened.local:
+        allowed = {fd_path(fd) for fd in _all_fds(layout)}
+        extents = info.get("format-specific", {}).get("data", {}).get("extents", [])
+        named = {str(extent.get("filename", "")) for extent in extents}
+        if not named <= allowed | {str(path) for path in layout.files}:
+            raise BadInput(
+                Reason.UNSAFE_PATH,
+                f"{opened.label}: qemu would open {sorted(named - allowed)}, which the worker "
+                "did not check; refusing it",
+            )
+
+
+@contextlib.contextmanager
+def _opened(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
+    if isinstance(source, FileSource):
+        root = Path(source.root)
+        path = confine(root, source.path, "source")
+        with PinnedFiles() as pins, tempfile.TemporaryDirectory(prefix="hyper2kvm-src-") as tmp:
+            layout = load_local(path, root, pins)
+            stored = sum(os.fstat(fd).st_blocks * 512 for fd in _all_fds(layout))
+            image = qemu_spec.as_filename(_local_node(layout, Path(tmp)))
+            yield OpenedSource(
+                image, "vmdk", layout, str(path), True, stored_bytes=stored,
+                files=layout.files, data_file=_data_file(layout),
+            )  # fmt: skip
     elif isinstance(source, OvaSource):
         from hyper2kvm_worker import nbdkit  # remote and archived sources only
 
@@ -51,9 +103,10 @@ def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
         member = _ova_disk(archive, source.disk)
         layout = _ova_layout(archive, member)
         label = f"{archive}:{member.name}"
-        with nbdkit.NbdkitServer(runner, nbdkit.tar_member_spec(str(archive), member.name)) as nbd:
+        with nbdkit.nbdkit_server(runner, nbdkit.tar_member_spec(str(archive), member.name)) as nbd:
+            image = qemu_spec.as_filename(qemu_spec.vmdk(qemu_spec.nbd_socket(str(nbd.socket))))
             yield OpenedSource(
-                nbd.uri, "vmdk", layout, label, False, stored_bytes=member.size, files=(archive,)
+                image, "vmdk", layout, label, False, stored_bytes=member.size, files=(archive,)
             )
     elif isinstance(source, HttpSource):
         from hyper2kvm_worker import http_probe, nbdkit  # urllib and ssl load slowly
@@ -61,11 +114,63 @@ def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
         size = http_probe.probe(source)
         user = http_probe.user_of(source)
         spec = nbdkit.curl_spec(source.url, user, source.password_file, source.ca_file)
-        with nbdkit.NbdkitServer(runner, spec) as nbd:
-            layout = _remote_layout(QemuImg(runner), nbd.uri, source.url)
-            yield OpenedSource(nbd.uri, "vmdk", layout, source.url, False, stored_bytes=size)
+        with nbdkit.nbdkit_server(runner, spec) as nbd:
+            layout = _remote_layout(QemuImg(runner), nbd.uri, source.url, size)
+            image = qemu_spec.as_filename(qemu_spec.vmdk(qemu_spec.nbd_socket(str(nbd.socket))))
+            yield OpenedSource(image, "vmdk", layout, source.url, False, stored_bytes=size)
     else:  # pragma: no cover - the protocol's union is closed
         raise BadInput(Reason.INVALID_JOB, f"unknown source kind {source!r}")
+
+
+def _all_fds(layout: VmdkLayout) -> list[int]:
+    fds = [fd for fd in layout.fds if fd is not None]
+    return fds + (_all_fds(layout.parent) if layout.parent else [])
+
+
+def _local_node(layout: VmdkLayout, scratch: Path) -> qemu_spec.Node:
+    """qemu's options for a local VMDK: its pinned files, its pinned parents, nothing else.
+
+    A single-file disk with no parent is read from its descriptor as it is. Otherwise every
+    level of the disk is described anew into `scratch` (private to the job): each extent
+    names its pinned file, and the only parent named is the next level's new description.
+    """
+    top = layout.fds[0]
+    assert top is not None
+    if layout.single_file and layout.parent is None:
+        return qemu_spec.vmdk(qemu_spec.local_file(fd_path(top)))
+    written = _describe(layout, scratch)
+    return qemu_spec.vmdk(qemu_spec.local_file(str(written)), parent_in_descriptor=True)
+
+
+def _describe(layout: VmdkLayout, scratch: Path) -> Path:
+    parent = str(_describe(layout.parent, scratch)) if layout.parent else None
+    descriptor, create_type = layout.descriptor, None
+    if layout.header is not None:
+        # One sparse extent, the file itself, as large as its header says (qemu reads no
+        # extent list from an embedded descriptor); in a descriptor file of its own, qemu
+        # takes that as twoGbMaxExtentSparse.
+        whole = vd.Extent("RW", layout.header.capacity_sectors, "SPARSE", "self")
+        descriptor = dataclasses.replace(descriptor, extents=(whole,))
+        create_type = "twoGbMaxExtentSparse"
+        names: list[str | None] = [fd_path(layout.fds[0]) if layout.fds[0] is not None else None]
+    else:
+        names = [fd_path(fd) if fd is not None else None for fd in layout.fds[1:]]
+    text = vd.render_descriptor(descriptor, names, create_type=create_type, parent=parent)
+    written = scratch / f"level-{layout.fds[0]}.vmdk"
+    written.write_text(text, encoding="utf-8")
+    return written
+
+
+def _data_file(layout: VmdkLayout) -> str | None:
+    """The one pinned file holding all of the source's data, when there is one."""
+    if layout.parent is not None:
+        return None
+    if layout.single_file:
+        return fd_path(layout.fds[0]) if layout.fds[0] is not None else None
+    file_extents = [fd for fd in layout.fds[1:] if fd is not None]
+    if len(layout.descriptor.extents) == 1 and len(file_extents) == 1:
+        return fd_path(file_extents[0])
+    return None
 
 
 def _ova_disk(archive: Path, wanted: str | None) -> tarfile.TarInfo:
@@ -99,16 +204,18 @@ def _ova_layout(archive: Path, member: tarfile.TarInfo) -> VmdkLayout:
             stream.seek(member.offset_data + offset)
             return stream.read(max(0, min(length, member.size - offset)))
 
-        layout = parse_head(read_at(0, HEAD_BYTES), read_at, f"{archive}:{member.name}")
+        layout = parse_head(
+            read_at(0, HEAD_BYTES), read_at, f"{archive}:{member.name}", member.size
+        )
     _require_single_file(layout, member.name)
     return layout
 
 
-def _remote_layout(qemu_img: QemuImg, uri: str, label: str) -> VmdkLayout:
+def _remote_layout(qemu_img: QemuImg, uri: str, label: str, size: int | None) -> VmdkLayout:
     def read_at(offset: int, length: int) -> bytes:
         return qemu_img.read_head(uri, "raw", length, skip=offset)
 
-    layout = parse_head(read_at(0, HEAD_BYTES), read_at, label)
+    layout = parse_head(read_at(0, HEAD_BYTES), read_at, label, size)
     _require_single_file(layout, label)
     return layout
 

@@ -21,6 +21,25 @@ from hyper2kvm_worker.errors import Cancelled, Reason, TransientFailure
 
 _TERM_GRACE_SECONDS = 5.0
 _POLL_SECONDS = 0.2
+# Descriptors every child inherits while they are here (pinned source files, see pinned.py):
+# the tools open `/proc/self/fd/N` instead of a path someone could have changed.
+_INHERITED: set[int] = set()
+_INHERITED_LOCK = threading.Lock()
+
+
+def inherit(fd: int) -> None:
+    with _INHERITED_LOCK:
+        _INHERITED.add(fd)
+
+
+def disinherit(fd: int) -> None:
+    with _INHERITED_LOCK:
+        _INHERITED.discard(fd)
+
+
+def inherited() -> tuple[int, ...]:
+    with _INHERITED_LOCK:
+        return tuple(sorted(_INHERITED))
 
 
 class CancelToken:
@@ -102,6 +121,7 @@ class ToolRunner:
             stderr=subprocess.PIPE,
             start_new_session=True,
             env=env,
+            pass_fds=inherited(),
         )
 
     def run(

@@ -7,8 +7,10 @@ names, so a hostile descriptor could make it copy any host file into the output 
 
 from __future__ import annotations
 
+import array
 import re
 import struct
+import sys
 from dataclasses import dataclass, field
 
 SECTOR = 512
@@ -133,6 +135,36 @@ def parse_descriptor(text: str) -> Descriptor:
     )
 
 
+def render_descriptor(
+    descriptor: Descriptor,
+    files: list[str | None],
+    *,
+    create_type: str | None = None,
+    parent: str | None = None,
+) -> str:
+    """A descriptor with the same extents, each naming `files[i]` instead of its own file,
+    and `parent` (a file name) as its only parent: what qemu is given, so that it opens
+    exactly the files the worker chose. `create_type` replaces the original's (a
+    single-file sparse disk is described as one sparse extent)."""
+    lines = [
+        "# Disk DescriptorFile",
+        "version=1",
+        f"CID={descriptor.cid or 'fffffffe'}",
+        f"parentCID={descriptor.parent_cid if parent else 'ffffffff'}",
+        f'createType="{create_type or descriptor.create_type}"',
+    ]
+    if parent:
+        lines.append(f'parentFileNameHint="{parent}"')
+    for extent, file in zip(descriptor.extents, files, strict=True):
+        line = f"{extent.access} {extent.sectors} {extent.type}"
+        if file is not None:
+            line += f' "{file}"'
+            if extent.type == "FLAT":  # qemu refuses an offset on any other type
+                line += f" {extent.offset_sectors}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 def _extent(match: re.Match[str]) -> Extent:
     kind = match["type"]
     if kind not in KNOWN_EXTENT_TYPES:
@@ -166,6 +198,37 @@ def parse_sparse_header(head: bytes) -> SparseHeader | None:
     )
 
 
+# VMware's own limit for a disk (62 TiB); a header that claims more is damaged or hostile.
+MAX_CAPACITY_BYTES = 62 << 40
+_MAX_GRAIN_SECTORS = 1 << 16  # 32 MiB grains: qemu refuses larger
+_MAX_GT_ENTRIES = 512  # qemu's limit, and what every VMware tool writes
+
+
+def sparse_header_problem(header: SparseHeader, file_size: int | None) -> str | None:
+    """Why a sparse header cannot be a real one, or None. Checked before anything is read at
+    the offsets it gives, so a hostile header costs nothing (`file_size` None: unknown)."""
+    grain = header.grain_sectors
+    if header.version not in (1, 2, 3):
+        return f"its sparse header has version {header.version} (1, 2 or 3 exist)"
+    if grain < 1 or grain > _MAX_GRAIN_SECTORS or grain & (grain - 1):
+        return f"its grain size of {grain} sectors is not a power of two up to 65536"
+    if not 1 <= header.gt_entries <= _MAX_GT_ENTRIES:
+        return f"its grain tables hold {header.gt_entries} entries (1 to 512 are possible)"
+    if header.capacity_sectors * SECTOR > MAX_CAPACITY_BYTES:
+        return f"it claims {header.capacity_sectors * SECTOR} bytes, more than any VMDK holds"
+    if header.descriptor_sectors * SECTOR > DESCRIPTOR_MAX_BYTES:
+        return f"its descriptor would be {header.descriptor_sectors * SECTOR} bytes long"
+    if file_size is None:
+        return None
+    if (header.descriptor_offset_sectors + header.descriptor_sectors) * SECTOR > file_size:
+        return "its descriptor lies past the end of the file"
+    if not header.grain_directory_at_end and (
+        header.gd_offset_sectors * SECTOR + header.grain_directory_entries * 4 > file_size
+    ):
+        return "its grain directory lies past the end of the file"
+    return None
+
+
 def grain_directory_problem(header: SparseHeader, directory: bytes, file_size: int) -> str | None:
     """Why a sparse extent's grain directory cannot be right, or None.
 
@@ -176,9 +239,14 @@ def grain_directory_problem(header: SparseHeader, directory: bytes, file_size: i
     if len(directory) < count * 4:
         return "its grain directory lies past the end of the file"
     table_bytes = header.gt_entries * 4
-    for index in range(count):
-        entry = int.from_bytes(directory[index * 4 : index * 4 + 4], "little")
-        if entry and entry * SECTOR + table_bytes > file_size:
+    entries = array.array("I", directory[: count * 4])
+    if sys.byteorder != "little":  # pragma: no cover - VMDK is little-endian
+        entries.byteswap()
+    limit = (file_size - table_bytes) // SECTOR  # the last sector a table may start at
+    if not entries or max(entries) <= max(limit, 0):  # one pass in C for the common case
+        return None
+    for index, entry in enumerate(entries):
+        if entry and entry > limit:  # 0: a table never written, all zeros
             return f"grain table {index} points past the end of the file (sector {entry})"
     return None
 
@@ -216,4 +284,8 @@ def unsafe_references(descriptor: Descriptor) -> list[str]:
         why = unsafe_reference(descriptor.parent_file)
         if why:
             problems.append(f"parent {why}")
+    if not descriptor.has_parent and descriptor.parent_file:
+        # qemu follows a parentFileNameHint whatever parentCID says: the two readings of
+        # this descriptor would differ, so it is refused rather than guessed at.
+        problems.append(f"a parent file {descriptor.parent_file!r} but no parent (parentCID)")
     return problems
