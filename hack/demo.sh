@@ -76,7 +76,10 @@ done
 export KUBECONFIG
 KUBECONFIG="$(hack/cluster.sh up "$state")"
 kubectl get nodes -o wide
-make -s deploy NAMESPACE=hyper2kvm-system HELM_ARGS="--set operator.replicas=1 $image_values" \
+# hostPath is off unless the admin's policy lists the folders jobs may read and write.
+host_paths="--set policy.hostPaths[0].prefix=$PWD/$demo --set policy.hostPaths[0].write=true"
+make -s deploy NAMESPACE=hyper2kvm-system \
+    HELM_ARGS="--set operator.replicas=1 $image_values $host_paths" \
     | sed '/^2\./,$d'
 make -s label-nodes NODES="$(kubectl get nodes -o jsonpath='{.items[*].metadata.name}')" >/dev/null
 make -s status NAMESPACE=hyper2kvm-system

@@ -81,9 +81,21 @@ class HostPathFile(_Api):
 
 
 class HttpSource(_Api):
-    url: str = Field(pattern=r"^https?://\S+$", max_length=8192, description="http(s) URL")
+    url: str = Field(
+        pattern=r"^https?://\S+$",
+        max_length=8192,
+        description="http(s) URL, without credentials (those go in secretRef)",
+        json_schema_extra=_rules(
+            {
+                "rule": "!self.matches('^https?://[^/]*@')",
+                "message": "credentials belong in a Secret (secretRef), not in the URL",
+            }
+        ),
+    )
     secretRef: SecretRef | None = Field(
-        default=None, description="Secret with keys username and password (basic auth)"
+        default=None,
+        description="Secret with keys username and password (basic auth); it must carry the "
+        "label hyper2kvm.io/credentials=true (the chart's policy.credentialLabel)",
     )
 
 
@@ -291,14 +303,30 @@ class MigrationJobStatus(_Api):
     history: list[PhaseTransition] | None = Field(default=None, max_length=32)
 
 
+def _unchanged(name: str, *, optional: bool) -> str:
+    new, old = f"self.spec.{name}", f"oldSelf.spec.{name}"
+    if not optional:
+        return f"{new} == {old}"
+    return f"(has({new}) == has({old}) && (!has({new}) || {new} == {old}))"
+
+
+_FROZEN_FIELDS = {  # everything but cancel and priority; optional fields may be absent
+    "operation": False,
+    "disks": False,
+    "verify": False,
+    "retries": False,
+    "timeoutSeconds": False,
+    "placement": True,
+    "fix": True,
+    "resources": True,
+}
 IMMUTABLE_AFTER_START = {
-    # Root-level transition rule: it sees both spec and status of the stored object.
-    "rule": (
-        "!has(oldSelf.status) || !has(oldSelf.status.phase) "
-        "|| oldSelf.status.phase in ['Pending', 'Queued'] "
-        "|| (self.spec.operation == oldSelf.spec.operation && self.spec.disks == oldSelf.spec.disks"
-        " && self.spec.verify == oldSelf.spec.verify)"
-    ),
-    "message": "operation, disks and verify cannot change once the job has started; "
+    # Root-level transition rule: it sees both spec and status of the stored object. Once
+    # the operator has admitted a job (checked it against the cluster's policy), what it
+    # checked stays what runs; only cancel and priority may change.
+    "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || ("
+    + " && ".join(_unchanged(name, optional=opt) for name, opt in _FROZEN_FIELDS.items())
+    + ")",
+    "message": "only cancel and priority can change once the job is admitted; "
     "delete and re-create the job instead",
 }

@@ -26,6 +26,10 @@ TIMED_OUT = "TimedOut"
 CANCELLED = "Cancelled"
 POD_LOST = "PodLost"
 INVALID_SPEC = "InvalidSpec"
+POLICY_VIOLATION = "PolicyViolation"  # the job asks for what the cluster's policy forbids
+POD_REFUSED = "PodRefused"  # the API server would not create the worker Pod
+NAME_TAKEN = "NameTaken"  # a child's name is held by an object this job does not own
+CREDENTIALS_REFUSED = "CredentialsRefused"  # a secretRef names a Secret not meant for us
 
 
 def set_condition(

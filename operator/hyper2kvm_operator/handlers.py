@@ -12,22 +12,22 @@ import kopf
 import kubernetes
 from prometheus_client import start_http_server
 
-from hyper2kvm_operator import api, placement, reconcile
+from hyper2kvm_operator import api, attempts, job_state, placement, reconcile
 from hyper2kvm_operator.api import Phase
 from hyper2kvm_operator.kube import KubeApi
 from hyper2kvm_operator.metrics import OperatorMetrics
 from hyper2kvm_operator.progress_reader import ProgressReader
 from hyper2kvm_operator.settings import Settings
-from hyper2kvm_operator.worker_pod import JOB_LABEL, MANAGED_BY, NODE_LABEL
+from hyper2kvm_operator.worker_pod import MANAGED_BY
 
 JOBS = (api.GROUP, api.VERSION, api.PLURAL)
 # An indexer's None keeps the object's previous entries; an empty mapping removes them.
 NOT_INDEXED: dict[Any, Any] = {}
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-_OPERATOR: reconcile.Operator | None = None
+_OPERATOR: job_state.Operator | None = None
 
 
-def op() -> reconcile.Operator:
+def op() -> job_state.Operator:
     assert _OPERATOR is not None, "the startup handler has not run"
     return _OPERATOR
 
@@ -72,7 +72,7 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
     metrics = OperatorMetrics(lambda: operator.view)
     for handler in COUNTED:  # zero series from the start: increase() sees the first error
         metrics.reconcile_errors.labels(handler)
-    operator = reconcile.Operator(
+    operator = job_state.Operator(
         settings=config,
         kube=KubeApi(kubernetes.client.ApiClient(), on_write=metrics.api_writes.inc),
         progress=ProgressReader(config.worker_port, config.progress_timeout_seconds),
@@ -83,6 +83,17 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
         start_http_server(config.metrics_port, registry=metrics.registry)
     _OPERATOR = operator
     logger.info("hyper2kvm operator configured: %s", config)
+
+
+@kopf.on.startup()
+async def learn_service_ranges(logger: Logger, **_: Any) -> None:
+    """The Service ranges, denied to HTTP sources (a Pod's ranges come with its node)."""
+    ranges = await op().kube.service_ranges()
+    op().cluster_networks.update(ranges)
+    if not ranges:
+        logger.warning(
+            "no ServiceCIDR found: add the cluster's Service range to policy.http.denyNetworks"
+        )
 
 
 @kopf.on.cleanup()
@@ -120,24 +131,31 @@ def worker_nodes(
     return {name: node}
 
 
-@kopf.index("pods", labels=MANAGED_BY)
-def worker_pods(
-    name: str, namespace: str | None, labels: Mapping[str, str], status: kopf.Status, **_: Any
-) -> dict[str, str]:
-    """Worker Pods that hold a slot, by the node they were placed on."""
-    if status.get("phase") in ("Succeeded", "Failed") or NODE_LABEL not in labels:
-        return NOT_INDEXED
-    return {labels[NODE_LABEL]: f"{namespace}/{name}"}
+@kopf.on.event("nodes")
+def node_pod_ranges(spec: kopf.Spec, **_: Any) -> None:
+    """Every node's Pod range joins the networks HTTP sources may not reach."""
+    op().cluster_networks.update(str(cidr) for cidr in spec.get("podCIDRs") or [])
+
+
+@kopf.index(*JOBS)
+def active_jobs(body: kopf.Body, **_: Any) -> dict[str, str]:
+    """Jobs whose attempt holds a slot, by the node it was placed on. Counted from the
+    status only the operator writes, not from Pods: anyone may label a Pod of their own."""
+    node = reconcile.active_node(body)
+    return NOT_INDEXED if node is None else {node: job_state.key_of(body)}
 
 
 @kopf.on.event("pods", labels=MANAGED_BY)
 def worker_pod_changed(
-    namespace: str | None, labels: Mapping[str, str], status: kopf.Status, **_: Any
+    namespace: str | None, meta: kopf.Meta, status: kopf.Status, **_: Any
 ) -> None:
-    """A worker ended or went away: its job's follower reacts now, not at its next look."""
-    finished = status.get("phase") in ("Succeeded", "Failed")
-    if finished and JOB_LABEL in labels:
-        op().wake(f"{namespace}/{labels[JOB_LABEL]}")
+    """A worker ended or went away: its job's follower reacts now, not at its next look
+    (only a wake-up: the follower then reads the Pod and judges it itself)."""
+    if status.get("phase") not in ("Succeeded", "Failed"):
+        return
+    for owner in meta.get("ownerReferences") or []:
+        if owner.get("kind") == api.KIND and owner.get("controller"):
+            op().wake(f"{namespace}/{owner.get('name')}")
 
 
 @kopf.index(*JOBS)
@@ -175,12 +193,12 @@ def _is_queued(status: kopf.Status, **_: Any) -> bool:
 @counted
 async def place(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
     nodes_index: kopf.Index[str, placement.WorkerNode] = kwargs["worker_nodes"]
-    pods_index: kopf.Index[str, str] = kwargs["worker_pods"]
+    active_index: kopf.Index[str, str] = kwargs["active_jobs"]
     queue_index: kopf.Index[str, placement.QueuedJob] = kwargs["queued_jobs"]
     nodes = [node for name in nodes_index for node in nodes_index[name]]
-    pods = {node: set(pods_index[node]) for node in pods_index}
+    active = {node: set(active_index[node]) for node in active_index}
     queue = list(queue_index.get("queue", []))
-    await reconcile.place_if_first(op(), body, queue, nodes, pods, logger)
+    await reconcile.place_if_first(op(), body, queue, nodes, active, logger)
 
 
 # One daemon for each job's whole life, not filtered by phase: Kopf never re-spawns a daemon
@@ -188,4 +206,4 @@ async def place(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
 @kopf.daemon(*JOBS, cancellation_timeout=10.0)
 @counted
 async def follow(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
-    await reconcile.follow(op(), body, stopped, logger)
+    await attempts.follow(op(), body, stopped, logger)

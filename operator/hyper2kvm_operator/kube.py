@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -27,6 +28,29 @@ T = TypeVar("T")
 
 
 _RETRIED_STATUSES = {429, 500, 502, 503, 504}
+
+
+class Refused(Exception):
+    """The API server refused to create an object; `message` is its own words."""
+
+    def __init__(self, kind: str, name: str, status: int, message: str) -> None:
+        super().__init__(f"{kind} {name}: HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """A refusal that passes by itself: a namespace's ResourceQuota is full for now, or
+        not yet counted."""
+        quota = "exceeded quota" in self.message or "status unknown for quota" in self.message
+        return self.status == 403 and quota
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except ValueError:
+        return str(error.reason)
 
 
 def _transient(error: BaseException) -> bool:
@@ -53,6 +77,7 @@ async def _call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 class KubeApi:
     def __init__(self, api_client: k8s.ApiClient, on_write: Callable[[], None]) -> None:
         self._core = k8s.CoreV1Api(api_client)
+        self._networking = k8s.NetworkingV1Api(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
         self._on_write = on_write
 
@@ -72,21 +97,70 @@ class KubeApi:
             {"status": status},
         )
 
-    async def create(self, manifest: dict[str, Any]) -> bool:
-        """Create a ConfigMap or Pod; False when it exists already (a restart's retry)."""
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a ConfigMap or Pod. When one of that name exists (a restart's retry, or
+        somebody else's object), it is returned for the caller to judge; None when created.
+        Refused when the API server will not have it (admission, quota, validation)."""
         self._on_write()
-        namespace = manifest["metadata"]["namespace"]
+        meta = manifest["metadata"]
+        namespace, name, kind = meta["namespace"], meta["name"], manifest["kind"]
         body = cast(Any, manifest)  # the client accepts plain manifests as well as its models
+        pod = kind == "Pod"
         try:
-            if manifest["kind"] == "Pod":
+            if pod:
                 await _call(self._core.create_namespaced_pod, namespace, body)
             else:
                 await _call(self._core.create_namespaced_config_map, namespace, body)
         except ApiException as error:
             if error.status == 409:
-                return False
+                read = (
+                    self._core.read_namespaced_pod if pod else self._core.read_namespaced_config_map
+                )
+                existing = await _call(read, name, namespace)
+                result: dict[str, Any] = self._core.api_client.sanitize_for_serialization(existing)
+                return result
+            if error.status in (400, 403, 422):
+                raise Refused(kind, name, error.status, _api_message(error)) from error
             raise
-        return True
+        return None
+
+    async def apply_network_policy(self, manifest: dict[str, Any]) -> None:
+        """Create the NetworkPolicy, or bring an existing one of that name to `manifest`."""
+        self._on_write()
+        meta = manifest["metadata"]
+        body = cast(Any, manifest)
+        try:
+            await _call(self._networking.create_namespaced_network_policy, meta["namespace"], body)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            await _call(
+                self._networking.replace_namespaced_network_policy,
+                meta["name"],
+                meta["namespace"],
+                body,
+            )
+
+    async def service_ranges(self) -> list[str]:
+        """The cluster's Service ranges (ServiceCIDR objects); [] where the API has none."""
+        try:
+            found = await _call(self._networking.list_service_cidr)
+        except ApiException as error:
+            if error.status in (403, 404):
+                return []
+            raise
+        return [cidr for item in found.items if item.spec for cidr in item.spec.cidrs or []]
+
+    async def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The labels of a Secret (None when it does not exist); its data is not kept."""
+        try:
+            secret = await _call(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        meta = secret.metadata
+        return dict((meta.labels if meta is not None else None) or {})
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -6,7 +6,7 @@ active worker Pods per node) and gets back the placements to make now.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 WORKER_LABEL = "hyper2kvm.io/worker"
@@ -56,28 +56,56 @@ def eligible(job: QueuedJob, node: WorkerNode) -> bool:
     return node.usable and all(node.labels.get(k) == v for k, v in job.node_selector.items())
 
 
+def namespace_of(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
 def place(
-    queue: list[QueuedJob], nodes: list[WorkerNode], active: Mapping[str, int]
+    queue: list[QueuedJob],
+    nodes: list[WorkerNode],
+    active: Mapping[str, int],
+    namespace_active: Mapping[str, int] | None = None,
+    namespace_slots: Callable[[str], int] = lambda _: 0,
 ) -> list[tuple[QueuedJob, WorkerNode]]:
     """Placements for as many queued jobs as free slots allow, in queue order.
 
     A job no node can take now is skipped, not waited on: a job with a narrow selector
-    never holds back jobs that could run elsewhere.
+    never holds back jobs that could run elsewhere, and a namespace at its own limit
+    (`namespace_slots`, 0: none) never holds back other namespaces.
     """
     load = {node.name: active.get(node.name, 0) for node in nodes}
+    in_namespace = dict(namespace_active or {})
     placements = []
     for job in queue_order(queue):
+        namespace = namespace_of(job.key)
+        limit = namespace_slots(namespace)
+        if limit and in_namespace.get(namespace, 0) >= limit:
+            continue
         candidates = [n for n in nodes if eligible(job, n) and load[n.name] < n.slots]
         if not candidates:
             continue
         best = min(candidates, key=lambda n: (load[n.name] / n.slots, load[n.name], n.name))
         load[best.name] += 1
+        in_namespace[namespace] = in_namespace.get(namespace, 0) + 1
         placements.append((job, best))
     return placements
 
 
-def why_waiting(job: QueuedJob, nodes: list[WorkerNode], label: str = WORKER_LABEL) -> str:
+def why_waiting(
+    job: QueuedJob,
+    nodes: list[WorkerNode],
+    label: str = WORKER_LABEL,
+    namespace_active: Mapping[str, int] | None = None,
+    namespace_slots: Callable[[str], int] = lambda _: 0,
+) -> str:
     """A person-readable reason a job is still queued."""
+    namespace = namespace_of(job.key)
+    limit = namespace_slots(namespace)
+    running = (namespace_active or {}).get(namespace, 0)
+    if limit and running >= limit:
+        return (
+            f"namespace {namespace} has {running} jobs running, its limit (policy.namespaceSlots)"
+        )
     workers = [node for node in nodes if node.usable]
     if not workers:
         return f"no ready node is labelled {label}=true"

@@ -1,11 +1,21 @@
-"""Reading a worker's /progress over the Pod IP; "not answering yet" is not an error."""
+"""Reading a worker's /progress over the Pod IP; "not answering yet" is not an error.
+
+The operator does not trust what a worker Pod says: the answer is bounded in size (a real
+one is a few hundred bytes), parsed in a thread so that no answer can stall Kopf's event
+loop, and validated (finite, bounded numbers and strings: see protocol.Progress). Anything
+else counts as no answer.
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 import aiohttp
 from pydantic import ValidationError
 
 from hyper2kvm_worker.protocol import Progress
+
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 class ProgressReader:
@@ -22,9 +32,16 @@ class ProgressReader:
             async with self._session.get(f"http://{host}:{self._port}/progress") as response:
                 if response.status != 200:
                     return None
-                return Progress.model_validate_json(await response.read())
-        except (aiohttp.ClientError, TimeoutError, ValidationError):
-            return None  # starting, finishing, or briefly unreachable: ask again next time
+                if (response.content_length or 0) > MAX_ANSWER_BYTES:
+                    return None
+                body = b""
+                while chunk := await response.content.read(MAX_ANSWER_BYTES + 1 - len(body)):
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        return None  # read no further: a worker cannot make the operator grow
+            return await asyncio.to_thread(Progress.model_validate_json, body)
+        except (aiohttp.ClientError, TimeoutError, ValidationError, ValueError):
+            return None  # starting, finishing, briefly unreachable, or lying: ask again later
 
     async def close(self) -> None:
         if self._session is not None:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from hyper2kvm_operator.tenancy import Policy
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"HYPER2KVM_{name}", default)
@@ -51,7 +53,12 @@ class Settings:
     worker_tolerations: tuple[Mapping[str, Any], ...] = ()  # for every worker Pod
     node_label: str = "hyper2kvm.io/worker"  # worker nodes carry it with the value "true"
     default_slots: int = 2
-    allow_privileged_fix: bool = False
+    policy: Policy = field(default_factory=Policy)  # what tenants may ask for (tenancy.py)
+    # A NetworkPolicy for the worker Pods of every namespace with jobs (network_policy.py):
+    # ingress only from the operator's Pods, which it selects by these.
+    network_policy: bool = False
+    operator_namespace: str = ""
+    operator_labels: Mapping[str, str] = field(default_factory=dict)
     status_interval_seconds: float = 2.0
     progress_timeout_seconds: float = 2.0
     backoff_base_seconds: float = 10.0
@@ -66,6 +73,7 @@ class Settings:
     # an emptyDir on the node.
     scratch_claim: str | None = None
     scratch_size: str | None = None
+    scratch_limit: str = "10Gi"  # an emptyDir scratch's sizeLimit
     scratch_storage_class: str | None = None
     history_limit: int = 32
     peering_lifetime_seconds: int = 60  # how long a silent replica is trusted to be alive
@@ -82,7 +90,10 @@ class Settings:
             worker_tolerations=_tolerations(_env("WORKER_TOLERATIONS", "")),
             node_label=_env("NODE_LABEL", defaults.node_label),
             default_slots=int(_env("DEFAULT_SLOTS", str(defaults.default_slots))),
-            allow_privileged_fix=_env("ALLOW_PRIVILEGED_FIX", "false").lower() == "true",
+            policy=Policy.from_json(_env("POLICY", "")),
+            network_policy=_env("NETWORK_POLICY", "false").lower() == "true",
+            operator_namespace=_env("OPERATOR_NAMESPACE", ""),
+            operator_labels=_quantities("OPERATOR_LABELS", {}),
             status_interval_seconds=float(_env("STATUS_INTERVAL", "2")),
             backoff_base_seconds=float(_env("BACKOFF_BASE", "10")),
             backoff_max_seconds=float(_env("BACKOFF_MAX", "600")),
@@ -92,6 +103,7 @@ class Settings:
             fix_memory_limit=_env("FIX_MEMORY_LIMIT", defaults.fix_memory_limit),
             scratch_claim=_env("SCRATCH_CLAIM", "") or None,
             scratch_size=_env("SCRATCH_SIZE", "") or None,
+            scratch_limit=_env("SCRATCH_LIMIT", defaults.scratch_limit),
             scratch_storage_class=_env("SCRATCH_STORAGE_CLASS", "") or None,
             peering_lifetime_seconds=int(_env("PEERING_LIFETIME", "60")),
         )

@@ -12,6 +12,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from hyper2kvm_operator import api
+from hyper2kvm_operator.tenancy import Policy
 from hyper2kvm_worker import protocol
 
 VOLUMES_ROOT = "/volumes"
@@ -60,7 +61,9 @@ class WorkerJobPlan:
     secrets: tuple[str, ...]  # Secret names mounted under /secrets/<name>
 
 
-def plan(name: str, spec: api.MigrationJobSpec) -> WorkerJobPlan:
+def plan(name: str, spec: api.MigrationJobSpec, policy: Policy | None = None) -> WorkerJobPlan:
+    """The worker's job for `spec`, with the limits of `policy` only the worker can check."""
+    policy = policy or Policy()
     planner = _Planner()
     secrets: list[str] = []
     disks = []
@@ -74,6 +77,11 @@ def plan(name: str, spec: api.MigrationJobSpec) -> WorkerJobPlan:
         disks=disks,
         verify=spec.verify,
         fix=_fix(spec.fix),
+        limits=protocol.Limits(
+            max_virtual_size=policy.max_virtual_size,
+            http_allow=list(policy.http_allow),
+            http_deny=list(policy.http_deny),
+        ),
     )
     return WorkerJobPlan(job=job, volumes=tuple(planner.volumes.values()), secrets=tuple(secrets))
 

@@ -7,6 +7,7 @@ the Pod it already made instead of making a second one.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from hyper2kvm_worker.protocol import Operation
 
 JOB_LABEL = "hyper2kvm.io/job"
 ATTEMPT_LABEL = "hyper2kvm.io/attempt"
-NODE_LABEL = "hyper2kvm.io/node"  # where the Pod was placed: slots are counted by it
+NODE_LABEL = "hyper2kvm.io/node"  # where the Pod was placed, for people: slots come from status
 MANAGED_BY = {"app.kubernetes.io/managed-by": "hyper2kvm-operator"}
 WORKER_LABELS = {**MANAGED_BY, "app.kubernetes.io/name": "hyper2kvm-worker"}
 JOB_FILE_DIR = "/etc/hyper2kvm"
@@ -47,12 +48,26 @@ TERMINATION_LOG = "/dev/termination-log"
 TMP_SIZE = "64Mi"  # /tmp holds sockets and small files only; scratch space is SCRATCH
 
 
+NAME_MAX = 63  # a DNS label: a Pod's hostname, a label value
+
+
+def short_name(job: str, suffix: str = "") -> str:
+    """`<job><suffix>`, or for a long job name a shortened one with a hash of the whole:
+    at most 63 characters, deterministic, and distinct for distinct jobs."""
+    name = f"{job}{suffix}"
+    if len(name) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(job.encode()).hexdigest()[:8]
+    keep = NAME_MAX - len(suffix) - len(digest) - 1
+    return f"{job[:keep].rstrip('-.')}-{digest}{suffix}"
+
+
 def pod_name(job: str, attempt: int) -> str:
-    return f"{job}-{attempt}"
+    return short_name(job, f"-{attempt}")
 
 
 def configmap_name(job: str, attempt: int) -> str:
-    return f"{job}-{attempt}-job"
+    return short_name(job, f"-{attempt}-job")
 
 
 def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,6 +81,14 @@ def owner_reference(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def owned_by(obj: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """Whether `obj` is a child of this very job: its controller reference names the job's
+    UID (a Pod of the same name made by somebody else is never adopted)."""
+    uid = body["metadata"]["uid"]
+    references = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in references)
+
+
 def _metadata(
     body: Mapping[str, Any], name: str, attempt: int, labels: Mapping[str, str]
 ) -> dict[str, Any]:
@@ -74,7 +97,7 @@ def _metadata(
     return {
         "name": name,
         "namespace": body["metadata"]["namespace"],
-        "labels": {**labels, JOB_LABEL: job, ATTEMPT_LABEL: str(attempt)},
+        "labels": {**labels, JOB_LABEL: short_name(job), ATTEMPT_LABEL: str(attempt)},
         "ownerReferences": [owner_reference(body)],
     }
 
@@ -89,8 +112,8 @@ def job_configmap(body: Mapping[str, Any], attempt: int, plan: WorkerJobPlan) ->
     }
 
 
-def security_context(operation: Operation, settings: Settings) -> dict[str, Any]:
-    if operation is Operation.OFFLINE_FIX and settings.allow_privileged_fix:
+def security_context(operation: Operation, namespace: str, settings: Settings) -> dict[str, Any]:
+    if operation is Operation.OFFLINE_FIX and settings.policy.privileged_fix(namespace):
         # Only for /dev/kvm, so that libguestfs' appliance runs with KVM instead of TCG;
         # without it offline_fix works unprivileged, more slowly. As root: the device's
         # group differs from host to host, so the image's user may not open it.
@@ -129,7 +152,8 @@ def scratch_volume(settings: Settings) -> dict[str, Any]:
                 "volumeClaimTemplate": {"metadata": {"labels": dict(MANAGED_BY)}, "spec": claim}
             }
         }
-    return {"emptyDir": {}}
+    # Bounded: kubelet evicts a worker that fills more than its share of the node's disk.
+    return {"emptyDir": {"sizeLimit": settings.scratch_limit}}
 
 
 def worker_pod(
@@ -162,8 +186,9 @@ def worker_pod(
                 }
             }
         else:
-            kind = "Directory" if volume.read_only else "DirectoryOrCreate"
-            source = {"hostPath": {"path": volume.host_path, "type": kind}}
+            # Directory, also for outputs: a job never makes folders on a node (as root, for
+            # kubelet does it), an admin prepares them under the policy's prefixes.
+            source = {"hostPath": {"path": volume.host_path, "type": "Directory"}}
         volumes.append({"name": volume.name, **source})
         mounts.append(
             {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
@@ -202,7 +227,9 @@ def worker_pod(
         "ports": [{"name": "progress", "containerPort": settings.worker_port}],
         "volumeMounts": mounts,
         "resources": resources(spec, settings),
-        "securityContext": security_context(spec.operation, settings),
+        "securityContext": security_context(
+            spec.operation, body["metadata"]["namespace"], settings
+        ),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",
     }

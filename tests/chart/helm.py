@@ -20,7 +20,7 @@ ALL_ON = (
     "storage.output.create=true",
     "storage.scratch.enabled=true",
     "storage.scratch.storageClassName=fast-local",
-    "worker.offlineFix.allowPrivileged=true",
+    "policy.privilegedFixNamespaces[0]=*",
     "operator.verbose=true",
 )
 

@@ -155,7 +155,7 @@ def test_operator_reads_the_values_the_chart_sets(environment: pytest.MonkeyPatc
     assert settings.node_label == "example.com/v2v"
     assert dict(settings.worker_requests) == {"cpu": "2", "memory": "256Mi"}
     assert dict(settings.worker_limits) == {"memory": "8Gi"}
-    assert settings.allow_privileged_fix is True
+    assert settings.policy.privileged_fix("any-namespace") is True
     assert (settings.scratch_size, settings.scratch_storage_class) == ("200Gi", "fast-local")
     assert settings.scratch_claim is None
     assert settings.worker_pull_secrets == ("regcred",)
@@ -191,12 +191,15 @@ def rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_rbac_grants_no_secrets_no_wildcards_no_escalation(variant: str) -> None:
+def test_rbac_grants_no_secret_lists_no_wildcards_no_escalation(variant: str) -> None:
     granted = rules(render(*VARIANTS[variant]))
     for rule in granted:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-        assert "secrets" not in rule["resources"]
-        assert not {"escalate", "bind", "impersonate", "update"} & set(rule["verbs"])
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+        if "secrets" in rule["resources"]:  # one by name, for its label; never listed
+            assert (rule["resources"], rule["verbs"]) == (["secrets"], ["get"])
+        if "update" in rule["verbs"]:  # only the workers' NetworkPolicy is ever rewritten
+            assert rule["resources"] == ["networkpolicies"]
     pods = [r for r in granted if r["resources"] == ["pods"]]
     assert pods == [
         {

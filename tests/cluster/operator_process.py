@@ -4,6 +4,7 @@ restart it; its worker Pods run the worker image on the cluster's nodes."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -12,9 +13,12 @@ import sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+# The tests' disks and outputs are host folders under the temporary directory.
+TEST_POLICY = {"hostPaths": [{"prefix": "/tmp", "write": True}]}
 TEST_SETTINGS = {
     # Images are imported into the nodes, never pulled.
     "HYPER2KVM_WORKER_PULL_POLICY": "Never",
+    "HYPER2KVM_POLICY": json.dumps(TEST_POLICY),
     "HYPER2KVM_STATUS_INTERVAL": "1",
     "HYPER2KVM_BACKOFF_BASE": "1",
     "HYPER2KVM_BACKOFF_MAX": "2",
@@ -29,7 +33,14 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log: Path, worker_image: str, priority: int = 100) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log: Path,
+        worker_image: str,
+        priority: int = 100,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.metrics_port = free_port()
         self.log = log
         self.priority = priority
@@ -38,6 +49,7 @@ class OperatorProcess:
             **TEST_SETTINGS,
             "KUBECONFIG": str(kubeconfig),
             "HYPER2KVM_WORKER_IMAGE": worker_image,
+            **(settings or {}),
             "HYPER2KVM_METRICS_PORT": str(self.metrics_port),
         }
         self.process: subprocess.Popen[bytes] | None = None

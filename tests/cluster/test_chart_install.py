@@ -238,12 +238,16 @@ def test_chart_operator_converts_a_disk_with_its_own_service_account(
         ("delete", "pods", True),
         ("patch", "migrationjobs.hyper2kvm.io/status", True),
         ("list", "nodes", True),
-        ("get", "secrets", False),
+        ("get", "secrets", True),  # a Secret's label, before a worker may mount it
         ("list", "secrets", False),
+        ("watch", "secrets", False),
         ("update", "migrationjobs.hyper2kvm.io", False),
         ("delete", "migrationjobs.hyper2kvm.io", False),
         ("delete", "configmaps", False),
-        ("get", "configmaps", False),
+        ("get", "configmaps", True),  # one found under its name, to check its owner
+        ("list", "configmaps", False),
+        ("create", "networkpolicies.networking.k8s.io", True),
+        ("delete", "networkpolicies.networking.k8s.io", False),
         ("create", "persistentvolumeclaims", False),
         ("patch", "nodes", False),
         ("create", "deployments.apps", False),

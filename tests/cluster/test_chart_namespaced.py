@@ -40,7 +40,9 @@ def release(cluster: Cluster) -> Iterator[NamespacedRelease]:
         cluster.kube.create("/api/v1/namespaces", {"metadata": {"name": name}})
     try:
         watch = f"operator.watchNamespaces={{{target.watched}}}"
-        with chart_release(cluster, RELEASE, target.namespace, watch):
+        # The tests' disks and outputs are host folders under the temporary directory.
+        host_paths = ("policy.hostPaths[0].prefix=/tmp", "policy.hostPaths[0].write=true")
+        with chart_release(cluster, RELEASE, target.namespace, watch, *host_paths):
             yield target
     finally:
         for name in (target.watched, target.unwatched):

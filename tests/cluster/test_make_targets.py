@@ -51,6 +51,7 @@ def deployed(cluster: Cluster) -> Iterator[Deployed]:
             "operator.replicas=1",
             "operator.statusIntervalSeconds=1",
             "worker.slotsPerNode=3",
+            "policy.hostPaths[0].prefix=/tmp",  # the job below reads a host folder there
         )
     )
     try:

@@ -147,35 +147,35 @@ def test_spec_level_rules(crd: None, cluster: Cluster, namespace: str) -> None:
     assert "spec.retries" in apply(cluster, namespace, wild).stderr
 
 
-def test_spec_is_immutable_once_started_but_cancel_is_not(
+def test_spec_is_frozen_once_admitted_but_cancel_and_priority_are_not(
     crd: None, cluster: Cluster, namespace: str
 ) -> None:
+    """What the operator checked against the policy at admission is what runs: a queued
+    job cannot be edited to a forbidden path (only cancel and priority change)."""
     assert apply(cluster, namespace, job("started")).returncode == 0
     target = ["-n", namespace, "mj", "started"]
 
-    def set_phase(phase: str) -> None:
-        done = kubectl(
-            cluster,
-            "patch",
-            *target,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps({"status": {"phase": phase}}),
-        )
-        assert done.returncode == 0, done.stderr
+    def patch(spec: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        body = json.dumps({"spec": spec})
+        return kubectl(cluster, "patch", *target, "--type=merge", "-p", body)
 
-    set_phase("Queued")
-    assert (
-        kubectl(
-            cluster, "patch", *target, "--type=merge", "-p", '{"spec":{"verify":false}}'
-        ).returncode
-        == 0
-    )
-    set_phase("Running")
-    refused = kubectl(cluster, "patch", *target, "--type=merge", "-p", '{"spec":{"verify":true}}')
-    assert "cannot change once the job has started" in refused.stderr
-    cancelled = kubectl(cluster, "patch", *target, "--type=merge", "-p", '{"spec":{"cancel":true}}')
+    assert patch({"verify": False}).returncode == 0  # not admitted yet: still editable
+    done = kubectl(cluster, "patch", *target, "--subresource=status", "--type=merge",
+                   "-p", json.dumps({"status": {"phase": "Queued"}}))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    changes: list[dict[str, object]] = [
+        {"verify": True},
+        {"retries": 9},
+        {"timeoutSeconds": 60},
+        {"placement": {"nodeSelector": {"a": "b"}}},
+        {"resources": {"limits": {"memory": "64Gi"}}},
+    ]
+    for change in changes:
+        refused = patch(change)
+        assert refused.returncode != 0, change
+        assert "only cancel and priority can change once the job is admitted" in refused.stderr
+    assert patch({"priority": 5}).returncode == 0
+    cancelled = patch({"cancel": True})
     assert cancelled.returncode == 0, cancelled.stderr
 
 

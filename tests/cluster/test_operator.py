@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -29,10 +30,11 @@ def kubectl(cluster: Cluster, *args: str, stdin: str | None = None, timeout: flo
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def running_operator(
+    cluster: Cluster, log: Path, settings: dict[str, str] | None = None
 ) -> Iterator[OperatorProcess]:
+    """The CRDs and the peering in place, and the operator running with `settings`."""
     kubectl(cluster, "apply", "-f", str(REPO / "crds"))
     kubectl(
         cluster,
@@ -55,12 +57,20 @@ def operator(
             }
         ),
     )
-    process = OperatorProcess(
-        cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "log", cluster.image("worker")
-    )
+    process = OperatorProcess(cluster.kubeconfig, log, cluster.image("worker"), settings=settings)
     process.start()
-    yield process
-    process.stop()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    with running_operator(cluster, tmp_path_factory.mktemp("operator") / "log") as process:
+        yield process
 
 
 @pytest.fixture

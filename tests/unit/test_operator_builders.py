@@ -11,6 +11,7 @@ import pytest
 from hyper2kvm_operator import policy, status, worker_job, worker_pod
 from hyper2kvm_operator.api import MigrationJobSpec, Phase
 from hyper2kvm_operator.settings import Settings
+from hyper2kvm_operator.tenancy import Policy
 from hyper2kvm_worker.protocol import (
     DiskProgress,
     DiskResult,
@@ -100,16 +101,19 @@ def test_worker_pod_is_pinned_unprivileged_and_owned() -> None:
     assert '"name":"vms/web01"' in configmap["data"]["job.json"]
 
 
-def test_only_offline_fix_may_be_privileged_and_only_when_allowed() -> None:
+def test_only_offline_fix_may_be_privileged_and_only_in_the_namespaces_allowed() -> None:
     fix = spec(operation="offline_fix")
-    assert "privileged" not in worker_pod.security_context(fix.operation, Settings())
-    allowed = Settings(allow_privileged_fix=True)
-    assert worker_pod.security_context(fix.operation, allowed) == {
+    assert "privileged" not in worker_pod.security_context(fix.operation, "vms", Settings())
+    allowed = Settings(policy=Policy(privileged_fix_namespaces=frozenset({"vms"})))
+    assert worker_pod.security_context(fix.operation, "vms", allowed) == {
         "privileged": True,
         "runAsUser": 0,
         "runAsNonRoot": False,
     }
-    assert "privileged" not in worker_pod.security_context(spec().operation, allowed)
+    assert "privileged" not in worker_pod.security_context(fix.operation, "other", allowed)
+    assert "privileged" not in worker_pod.security_context(spec().operation, "vms", allowed)
+    everywhere = Settings(policy=Policy(privileged_fix_namespaces=frozenset({"*"})))
+    assert worker_pod.security_context(fix.operation, "other", everywhere)["privileged"]
 
 
 def test_transition_keeps_a_bounded_history_and_sets_conditions() -> None:
@@ -238,7 +242,7 @@ def test_fix_options_reach_the_worker_job() -> None:
 
 
 def test_scratch_is_a_shared_claim_a_claim_per_pod_or_node_disk() -> None:
-    assert worker_pod.scratch_volume(Settings()) == {"emptyDir": {}}
+    assert worker_pod.scratch_volume(Settings()) == {"emptyDir": {"sizeLimit": "10Gi"}}
     shared = Settings(scratch_claim="scratch", scratch_size="50Gi")
     assert worker_pod.scratch_volume(shared) == {"persistentVolumeClaim": {"claimName": "scratch"}}
     own = worker_pod.scratch_volume(Settings(scratch_size="50Gi", scratch_storage_class="nvme"))

@@ -9,10 +9,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hyper2kvm_operator.api import Phase
+from hyper2kvm_operator.job_state import Operator
 from hyper2kvm_operator.kube import KubeApi
 from hyper2kvm_operator.metrics import JobView, OperatorMetrics, Snapshot
 from hyper2kvm_operator.progress_reader import ProgressReader
-from hyper2kvm_operator.reconcile import Operator
 from hyper2kvm_operator.settings import Settings
 
 SINCE = "hyper2kvm_job_phase_since_timestamp_seconds"

@@ -19,8 +19,11 @@ def serve(
     bytes_per_second: int | None = None,
     fail_first: int = 0,
     host: str = "127.0.0.1",
+    redirects: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Serve `directory` on `host` at a free port; yields the base URL.
+
+    `redirects` maps request paths to the URL a 302 sends the client to.
 
     `fail_first` requests are answered 503 first: an outage that passes.
     """
@@ -46,9 +49,16 @@ def serve(
 
     class Handler(BaseHTTPRequestHandler):
         def _target(self) -> Path | None:
-            """The requested file, or None after sending the error (an outage, a 404)."""
+            """The requested file, or None after sending the error (an outage, a 404) or a
+            redirect."""
             if outage():
                 self.send_error(503)
+                return None
+            if redirects and self.path in redirects:
+                self.send_response(302)
+                self.send_header("Location", redirects[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return None
             path = (directory / self.path.lstrip("/").split("?", 1)[0]).resolve()
             if path.is_file() and path.is_relative_to(directory.resolve()):

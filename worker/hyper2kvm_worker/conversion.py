@@ -26,6 +26,7 @@ from hyper2kvm_worker.paths import confine_new
 from hyper2kvm_worker.protocol import (
     Compression,
     DiskResult,
+    Limits,
     Output,
     OutputFormat,
     Preallocation,
@@ -137,8 +138,9 @@ def check_not_a_source(final: Path, source_files: tuple[Path, ...]) -> None:
 
 
 class Converter:
-    def __init__(self, runner: ToolRunner) -> None:
+    def __init__(self, runner: ToolRunner, limits: Limits | None = None) -> None:
         self._runner = runner
+        self._limits = limits
         self._qemu_img = QemuImg(runner)
         self._digester = Digester(runner)
 
@@ -147,7 +149,7 @@ class Converter:
     ) -> tuple[DiskResult, StagedOutput]:
         """Convert and verify into a hidden partial file; the caller commits or discards it."""
         final = check_output(output)
-        with open_source(source, self._runner) as opened:
+        with open_source(source, self._runner, self._limits) as opened:
             check_not_a_source(final, opened.files)
             options = ConvertOptions(
                 source_format=opened.format,

@@ -34,6 +34,7 @@ class Reason(enum.StrEnum):
     SOURCE_UNREACHABLE = "SourceUnreachable"
     VERIFICATION_FAILED = "VerificationFailed"
     TOOL_FAILED = "ToolFailed"
+    POLICY_VIOLATION = "PolicyViolation"  # the cluster's policy forbids what the job asks
     CANCELLED = "Cancelled"
     INTERNAL = "InternalError"
 

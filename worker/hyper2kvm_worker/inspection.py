@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hyper2kvm_worker.partitions import HEAD_BYTES, Partition, parse_partition_table
-from hyper2kvm_worker.protocol import Source
+from hyper2kvm_worker.protocol import Limits, Source
 from hyper2kvm_worker.qemu_img import QemuImg
 from hyper2kvm_worker.sources import OpenedSource, open_source
 from hyper2kvm_worker.tools import ToolRunner
@@ -24,12 +24,13 @@ _DDB_FIELDS = {
 
 
 class Inspector:
-    def __init__(self, runner: ToolRunner) -> None:
+    def __init__(self, runner: ToolRunner, limits: Limits | None = None) -> None:
         self._runner = runner
+        self._limits = limits
         self._qemu_img = QemuImg(runner)
 
     def inspect(self, source: Source) -> dict[str, Any]:
-        with open_source(source, self._runner) as opened:
+        with open_source(source, self._runner, self._limits) as opened:
             return self._report(opened)
 
     def _report(self, opened: OpenedSource) -> dict[str, Any]:

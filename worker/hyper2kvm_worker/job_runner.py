@@ -138,7 +138,7 @@ class JobRunner:
             self._runner.cancel.raise_if_cancelled()
             if self.job.writes_outputs and disk.output is not None:
                 finals.append(check_output(disk.output))
-            with open_source(disk.source, self._runner) as opened:
+            with open_source(disk.source, self._runner, self.job.limits) as opened:
                 source_files.extend(opened.files)
         for final in finals:
             check_not_a_source(final, tuple(source_files))
@@ -148,7 +148,7 @@ class JobRunner:
             self.board.start_phase(disk.name, "inspecting")
             from hyper2kvm_worker.inspection import Inspector, summary  # inspect jobs only
 
-            report = Inspector(self._runner).inspect(disk.source)
+            report = Inspector(self._runner, self.job.limits).inspect(disk.source)
             self.reports[disk.name] = report
             self._sink.emit("report", disk=disk.name, inspection=report)
             self.board.set_size(disk.name, int(report["virtual_size"]))
@@ -167,7 +167,7 @@ class JobRunner:
             on_phase=on_phase,
             on_bytes=lambda done: self.board.advance(disk.name, done),
         )
-        result, output = Converter(self._runner).convert(
+        result, output = Converter(self._runner, self.job.limits).convert(
             disk.name, disk.source, disk.output, self.job.verify, observer
         )
         staged.append(output)

@@ -139,7 +139,9 @@ def qemu_nbd_server(runner: ToolRunner, image: str, fmt: str, description: str) 
 def curl_spec(
     url: str, user: str | None, password_file: str | None, ca_file: str | None
 ) -> ServeSpec:
-    params = [f"url={url}"]
+    # Redirects were followed and checked by http_probe: curl goes to `url` and nowhere
+    # else, by HTTP(S) only.
+    params = [f"url={url}", "followlocation=false", "protocols=http,https"]
     if user:
         params.append(f"user={user}")
     if password_file:

@@ -81,7 +81,7 @@ class OfflineFix:
             drives = []
             sizes = {}
             for disk in job.disks:
-                opened = stack.enter_context(open_source(disk.source, self._runner))
+                opened = stack.enter_context(open_source(disk.source, self._runner, job.limits))
                 # The appliance's qemu inherits no descriptors, so it reads a pinned source
                 # through a qemu-nbd that opens it exactly as qemu-img would.
                 served = stack.enter_context(

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 _QEMU_PERCENT = re.compile(r"\((\d{1,3}(?:\.\d+)?)/100%\)")
 
 
+ETA_MAX_SECONDS = 1e9  # beyond that, "when" means nothing; the protocol bounds it so
+
+
 def parse_qemu_percent(chunk: str) -> float | None:
     """The last percentage in a chunk of `qemu-img -p` output (lines end in `\\r`), or None."""
     matches = _QEMU_PERCENT.findall(chunk)
@@ -58,7 +61,7 @@ class RateMeter:
         if remaining == 0:
             eta: float | None = 0.0
         elif rate > 0:
-            eta = remaining / rate
+            eta = min(remaining / rate, ETA_MAX_SECONDS)
         else:
             eta = None
         percent = 100.0 * self.bytes_done / self.bytes_total if self.bytes_total else 0.0

@@ -19,7 +19,12 @@ DIGEST_ALGORITHM = "blake3"  # of the raw virtual disk content, as `b3sum` print
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused too: the operator reads these from a worker it does
+    # not trust with its own arithmetic.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+Count = Annotated[int, Field(ge=0, le=1 << 62)]
 
 
 def check_relative_path(value: str) -> str:
@@ -159,6 +164,20 @@ class Disk(_Model):
     output: Output | None = None
 
 
+class Limits(_Model):
+    """What the cluster's policy allows this job, where only the worker can check it."""
+
+    max_virtual_size: int | None = Field(
+        default=None, ge=0, description="refuse a disk that declares more bytes than this"
+    )
+    http_allow: list[str] = Field(
+        default_factory=list, description="networks an HTTP source may be fetched from (CIDR)"
+    )
+    http_deny: list[str] = Field(
+        default_factory=list, description="networks it may never be fetched from; beats allow"
+    )
+
+
 class Job(_Model):
     version: Literal["hyper2kvm.io/worker-job/v1"] = PROTOCOL_VERSION
     name: str = Field(min_length=1, max_length=253)
@@ -166,6 +185,7 @@ class Job(_Model):
     disks: list[Disk] = Field(min_length=1, max_length=64)
     verify: bool = True
     fix: FixOptions = FixOptions()
+    limits: Limits = Limits()
 
     @model_validator(mode="after")
     def _consistent(self) -> Job:
@@ -213,24 +233,26 @@ class Transition(_Model):
 
 
 class DiskProgress(_Model):
-    name: str
+    name: str = Field(max_length=64)
     phase: str = Field(
-        description="waiting, converting, verifying, inspecting, fixing, digesting or done"
+        max_length=32,
+        description="waiting, converting, verifying, inspecting, fixing, digesting or done",
     )
-    bytes_done: int = 0
-    bytes_total: int = 0
+    bytes_done: Count = 0
+    bytes_total: Count = 0
 
 
 class Progress(_Model):
-    """What `GET /progress` returns and what progress events carry."""
+    """What `GET /progress` returns and what progress events carry (bounded: the operator
+    reads it from a Pod it does not trust)."""
 
     state: JobState
-    percent: float = 0.0
-    bytes_done: int = 0
-    bytes_total: int = 0
-    rate_bytes_per_second: float = 0.0
-    eta_seconds: float | None = None
-    disks: list[DiskProgress] = []
+    percent: float = Field(default=0.0, ge=0, le=100)
+    bytes_done: Count = 0
+    bytes_total: Count = 0
+    rate_bytes_per_second: float = Field(default=0.0, ge=0, le=1e15)
+    eta_seconds: float | None = Field(default=None, ge=0, le=1e9)
+    disks: list[DiskProgress] = Field(default_factory=list, max_length=64)
 
 
 class ErrorInfo(_Model):

@@ -22,7 +22,7 @@ from hyper2kvm_worker import vmdk_descriptor as vd
 from hyper2kvm_worker.errors import BadInput, Reason, WorkerError
 from hyper2kvm_worker.paths import confine
 from hyper2kvm_worker.pinned import PinnedFiles, fd_path
-from hyper2kvm_worker.protocol import FileSource, HttpSource, OvaSource, Source
+from hyper2kvm_worker.protocol import FileSource, HttpSource, Limits, OvaSource, Source
 from hyper2kvm_worker.qemu_img import QemuImg
 from hyper2kvm_worker.tools import ToolRunner
 from hyper2kvm_worker.vmdk_file import HEAD_BYTES, VmdkLayout, load_local, parse_head
@@ -45,18 +45,35 @@ class OpenedSource:
 
 
 @contextlib.contextmanager
-def open_source(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
+def open_source(
+    source: Source, runner: ToolRunner, limits: Limits | None = None
+) -> Iterator[OpenedSource]:
     """Yield the source ready for qemu-img; any helper process stops when the block ends.
 
-    A failure inside the block names the source as its user knows it, not by the options
-    qemu was given (`json:{...}` with descriptor numbers)."""
-    with _opened(source, runner) as opened:
+    `limits` are the job's (the cluster's policy): where an HTTP source may be fetched
+    from, how large a disk may say it is. A failure inside the block names the source as
+    its user knows it, not by the options qemu was given (`json:{...}` with descriptors)."""
+    limits = limits or Limits()
+    with _opened(source, runner, limits) as opened:
         try:
             info = QemuImg(runner).info(opened.image, opened.format)
             _agree(opened, info)
+            _within(opened, info, limits)
             yield dataclasses.replace(opened, info=info)
         except WorkerError as error:
             raise error.replacing(opened.image, opened.label) from error
+
+
+def _within(opened: OpenedSource, info: Mapping[str, Any], limits: Limits) -> None:
+    """Refuse a disk larger than the job may convert: its digest would hash every declared
+    byte, so a few hundred bytes of VMDK could otherwise hold a worker for hours."""
+    size = int(info.get("virtual-size", 0))
+    if limits.max_virtual_size is not None and size > limits.max_virtual_size:
+        raise BadInput(
+            Reason.POLICY_VIOLATION,
+            f"{opened.label} declares {size} bytes, more than this cluster's limit of "
+            f"{limits.max_virtual_size} (policy.maxVirtualSize)",
+        )
 
 
 def _agree(opened: OpenedSource, info: Mapping[str, Any]) -> None:
@@ -84,7 +101,7 @@ def _agree(opened: OpenedSource, info: Mapping[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _opened(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
+def _opened(source: Source, runner: ToolRunner, limits: Limits) -> Iterator[OpenedSource]:
     if isinstance(source, FileSource):
         root = Path(source.root)
         path = confine(root, source.path, "source")
@@ -111,13 +128,14 @@ def _opened(source: Source, runner: ToolRunner) -> Iterator[OpenedSource]:
     elif isinstance(source, HttpSource):
         from hyper2kvm_worker import http_probe, nbdkit  # urllib and ssl load slowly
 
-        size = http_probe.probe(source)
+        url, size = http_probe.probe(source, limits)  # the final URL, every hop checked
         user = http_probe.user_of(source)
-        spec = nbdkit.curl_spec(source.url, user, source.password_file, source.ca_file)
+        spec = nbdkit.curl_spec(url, user, source.password_file, source.ca_file)
         with nbdkit.nbdkit_server(runner, spec) as nbd:
-            layout = _remote_layout(QemuImg(runner), nbd.uri, source.url, size)
+            label = http_probe.shown(source.url)
+            layout = _remote_layout(QemuImg(runner), nbd.uri, label, size)
             image = qemu_spec.as_filename(qemu_spec.vmdk(qemu_spec.nbd_socket(str(nbd.socket))))
-            yield OpenedSource(image, "vmdk", layout, source.url, False, stored_bytes=size)
+            yield OpenedSource(image, "vmdk", layout, label, False, stored_bytes=size)
     else:  # pragma: no cover - the protocol's union is closed
         raise BadInput(Reason.INVALID_JOB, f"unknown source kind {source!r}")
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -20,6 +21,31 @@ from hyper2kvm_worker.metrics import ProgressCollector
 from hyper2kvm_worker.protocol import Progress
 
 MIN_FREE_BYTES = 256 << 20  # below this an output volume is reported unhealthy
+# Anyone who reaches the Pod IP may connect: at most this many at once, each given this
+# long to send its request, so idle connections cannot take every thread of the worker.
+MAX_CONNECTIONS = 16
+REQUEST_SECONDS = 5.0
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a burst of connections is accepted (and the excess closed)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: the operator asks again in a moment
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -64,6 +90,8 @@ class StatusServer:
         registry.register(ProgressCollector(job_name, snapshot))
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = REQUEST_SECONDS  # a connection that sends nothing is closed
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/progress":
@@ -87,8 +115,7 @@ class StatusServer:
             def log_message(self, format: str, *args: object) -> None:
                 return  # requests are polled every few seconds; logging them is noise
 
-        self._server = ThreadingHTTPServer(address, Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedServer(address, Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -165,6 +165,7 @@ class LocalCluster:
                 node.start_agents()
             self._start_provisioner()
             self.wait_ready(timeout=120)
+            self._record_pod_ranges()
         except BaseException:
             self.stop()
             raise
@@ -181,6 +182,15 @@ class LocalCluster:
             return True
 
         wait_until(ready, timeout=timeout, what=f"nodes {', '.join(self.nodes)} Ready")
+
+    def _record_pod_ranges(self) -> None:
+        """Each node's Pod range in its spec, as a controller-manager that allocates them
+        writes it (the harness gives the ranges out itself; readers such as the operator's
+        HTTP policy find them where they would on any cluster)."""
+        kube = Kube(self.api_client)
+        for name, node in self._nodes.items():
+            cidr = node.network.pod_cidr
+            kube.patch(f"/api/v1/nodes/{name}", {"spec": {"podCIDR": cidr, "podCIDRs": [cidr]}})
 
     def _start_provisioner(self) -> None:
         kube = Kube(self.api_client)

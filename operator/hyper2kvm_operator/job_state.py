@@ -1,0 +1,164 @@
+"""The operator's memory of its jobs, and the one way it writes a job's status.
+
+Every status write goes through `move` (a phase transition, with history and metrics) or
+through the follower's progress patch; what was written is kept, since Kopf's view of the
+object lags behind our own patches by one watch event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import kopf
+
+from hyper2kvm_operator import conditions as cond
+from hyper2kvm_operator import placement, policy, status, tenancy
+from hyper2kvm_operator.api import Phase
+from hyper2kvm_operator.kube import KubeApi
+from hyper2kvm_operator.metrics import JobView, OperatorMetrics, Snapshot
+from hyper2kvm_operator.progress_reader import ProgressReader
+from hyper2kvm_operator.settings import Settings
+
+Body = Mapping[str, Any]
+
+
+@dataclass
+class Operator:
+    """The operator's state in memory: what Kopf's indices do not hold."""
+
+    settings: Settings
+    kube: KubeApi
+    progress: ProgressReader
+    clock: Callable[[], datetime]
+    rng: random.Random = field(default_factory=random.Random)
+    # Slots taken by attempts just placed, until the index of active jobs shows them or the
+    # attempt ends: job -> (node, since). A reservation also lapses after
+    # reconcile.RESERVATION_SECONDS, so one whose attempt came and went between two looks
+    # at the index cannot hold a slot forever.
+    reservations: dict[str, tuple[str, float]] = field(default_factory=dict)
+    view: Snapshot = field(default_factory=Snapshot)
+    # The status as this operator last wrote it: Kopf's view of the object lags behind our
+    # own patches by one watch event, and a history computed from it would lose entries.
+    written: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Set when a job's worker Pod changes, so its follower looks now instead of next interval.
+    wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    slot_freed_at: float = 0.0
+    # The NetworkPolicy in place per namespace, as last applied by this process.
+    network_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The cluster's own Pod and Service ranges, as found: HTTP sources never reach them.
+    cluster_networks: set[str] = field(default_factory=set)
+    # Every queued job's timer asks for the same plan; it is computed at most every
+    # reconcile.PLAN_REUSE_SECONDS, and again at once after a placement changed the load.
+    plan_version: int = 0
+    plan_cache: tuple[float, int, dict[str, placement.WorkerNode]] | None = None
+    metrics: OperatorMetrics | None = None
+
+    def policy(self) -> tenancy.Policy:
+        """The admins' policy, with the cluster's own ranges denied to HTTP sources."""
+        return self.settings.policy.denying(self.cluster_networks)
+
+    def wake(self, key: str) -> None:
+        self.wakeups.setdefault(key, asyncio.Event()).set()
+
+    async def pause(self, key: str, seconds: float) -> None:
+        """Sleep up to `seconds`, or until the job's worker Pod changes."""
+        event = self.wakeups.setdefault(key, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+        event.clear()
+
+    def now(self) -> str:
+        return policy.format_time(self.clock())
+
+    def record(
+        self, key: str, phase: Phase, node: str | None = None, since: datetime | None = None
+    ) -> None:
+        """Mirror a job's phase into the metrics view.
+
+        Called after this process wrote a transition (`move`) and when a job is first seen
+        (`admit`, also on resume). An outcome is counted only for a transition written here:
+        a restart re-reading finished jobs must not count them again.
+        """
+        job = self.view.jobs.get(key)
+        wrote = (self.written.get(key) or {}).get("phase") == phase.value
+        changed = job is None or job.phase != phase.value
+        if job is None:
+            job = self.view.jobs[key] = JobView(phase=phase.value)
+        if changed:
+            job.phase_since = (since or self.clock()).timestamp()
+        job.phase, job.node = phase.value, node or job.node
+        if changed and wrote and phase in status.TERMINAL and self.metrics is not None:
+            self.metrics.outcomes.labels(phase.value).inc()
+
+
+def event_target(body: Body) -> kopf.Body:
+    return cast(kopf.Body, body)  # Kopf only reads the object's reference from it
+
+
+def key_of(body: Body) -> str:
+    return f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+
+
+def current_status(op: Operator, body: Body) -> dict[str, Any]:
+    return op.written.get(key_of(body)) or dict(body.get("status") or {})
+
+
+def phase_of(op: Operator, body: Body) -> Phase | None:
+    value = current_status(op, body).get("phase")
+    return Phase(value) if value else None
+
+
+async def move(
+    op: Operator, body: Body, phase: Phase, reason: str, message: str = "", **fields: Any
+) -> None:
+    current = current_status(op, body)
+    patch = status.transition(
+        current,
+        phase,
+        op.now(),
+        body["metadata"].get("generation"),
+        reason,
+        message,
+        op.settings.history_limit,
+    )
+    patch.update(fields)
+    meta = body["metadata"]
+    await op.kube.patch_job_status(meta["namespace"], meta["name"], patch)
+    op.written[key_of(body)] = {**current, **patch}
+    op.record(key_of(body), phase, fields.get("node"))
+
+
+async def fail_now(op: Operator, body: Body, reason: str, message: str) -> None:
+    await move(op, body, Phase.FAILED, reason, message[:1024])
+    kopf.warn(event_target(body), reason=reason, message=message[:1024])
+
+
+async def retry_or_fail(op: Operator, body: Body, reason: str, message: str) -> None:
+    state = current_status(op, body)
+    attempt = int(state.get("attempt") or 1)
+    retries = int(body["spec"].get("retries", 0))
+    if attempt > retries:
+        text = f"attempt {attempt} failed ({reason}: {message}); no retries left"
+        await move(op, body, Phase.FAILED, cond.RETRIES_EXHAUSTED, text)
+        kopf.warn(event_target(body), reason=cond.RETRIES_EXHAUSTED, message=text)
+        return
+    delay = policy.backoff_seconds(
+        attempt, op.settings.backoff_base_seconds, op.settings.backoff_max_seconds, op.rng
+    )
+    text = f"attempt {attempt} failed ({reason}: {message}); retrying in {delay:.0f}s"
+    await move(
+        op,
+        body,
+        Phase.QUEUED,
+        cond.RETRYING,
+        text,
+        retryAfter=policy.after(op.clock(), delay),
+        queuedTime=state.get("queuedTime"),
+    )
+    kopf.warn(event_target(body), reason=cond.RETRYING, message=text)
