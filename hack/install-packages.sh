@@ -5,7 +5,9 @@ set -euo pipefail
 
 packages=(
     qemu-utils          # qemu-img, qemu-nbd: conversion, compare, map
-    nbdkit              # sources: file and curl plugins, tar filter (OVA)
+    nbdkit              # sources: file, curl and ssh plugins, tar and retry filters
+    openssh-server      # sshd: the tests' ESXi-over-SSH source is a real OpenSSH server
+    openssh-client      # ssh-keygen: the tests' host and client keys
     libnbd-bin          # nbdcopy, nbdinfo: streaming virtual content for digests
     libguestfs-tools    # offline_fix and guest inspection
     linux-image-amd64   # the kernel supermin builds libguestfs' appliance from: a machine that

@@ -33,6 +33,7 @@ COMMANDS = {
     "promtool": "prometheus",
     "lua5.1": "lua5.1",
     "openssl": "openssl",
+    "ssh-keygen": "openssh-client",
     # The local cluster's nodes and images (tests/cluster/harness)
     "kubectl": "kubectl",
     "nsenter": "util-linux",
@@ -56,8 +57,16 @@ def _cni_plugins() -> str | None:
     )
 
 
+SSHD = Path("/usr/sbin/sshd")  # outside a non-root user's PATH
+
+
+def _sshd() -> str | None:
+    return None if SSHD.is_file() else f"openssh-server (no {SSHD})"
+
+
 # Needs that are not a command on PATH -> a check returning what is missing, or None.
 CHECKS: dict[str, Callable[[], str | None]] = {
+    "sshd": _sshd,
     # supermin builds libguestfs' appliance from the machine's kernel; the problem names
     # the package to install.
     "kernel": libguestfs.appliance_problem,

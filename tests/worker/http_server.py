@@ -1,10 +1,13 @@
-"""A local HTTP server with Range support (nbdkit's curl plugin needs it), optionally slow."""
+"""A local HTTP server with Range support (nbdkit's curl plugin needs it), optionally slow,
+optionally HTTPS and asking for a session cookie as a vSphere datastore does."""
 
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,12 +23,17 @@ def serve(
     fail_first: int = 0,
     host: str = "127.0.0.1",
     redirects: dict[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
+    cookie: str | None = None,
 ) -> Iterator[str]:
     """Serve `directory` on `host` at a free port; yields the base URL.
 
     `redirects` maps request paths to the URL a 302 sends the client to.
 
     `fail_first` requests are answered 503 first: an outage that passes.
+
+    `tls` (certificate, key) serves HTTPS; with `cookie`, a request without exactly that
+    Cookie header is answered 401, as vSphere answers an expired session.
     """
     failures = [fail_first]
     lock = threading.Lock()
@@ -54,13 +62,17 @@ def serve(
             if outage():
                 self.send_error(503)
                 return None
+            if cookie is not None and self.headers.get("Cookie") != cookie:
+                self.send_error(401)
+                return None
             if redirects and self.path in redirects:
                 self.send_response(302)
                 self.send_header("Location", redirects[self.path])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return None
-            path = (directory / self.path.lstrip("/").split("?", 1)[0]).resolve()
+            name = urllib.parse.unquote(self.path.lstrip("/").split("?", 1)[0])
+            path = (directory / name).resolve()
             if path.is_file() and path.is_relative_to(directory.resolve()):
                 return path
             self.send_error(404)
@@ -111,10 +123,16 @@ def serve(
 
     server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
+    scheme = "http"
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://{host}:{server.server_address[1]}"
+        yield f"{scheme}://{host}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -60,7 +60,7 @@ def test_an_http_source_on_a_denied_network_is_refused(served: Path, tmp_path: P
     with serve(served, host="127.0.0.1") as url:
         outcome = run_job(tmp_path, {"kind": "http", "url": f"{url}/disk.vmdk"}, LOOPBACK_DENIED)
     assert_one_line_error(outcome, PERMANENT, "PolicyViolation")
-    assert "is 127.0.0.1, in 127.0.0.1/32, which this cluster denies to HTTP sources" in (
+    assert "is 127.0.0.1, in 127.0.0.1/32, which this cluster denies to network sources" in (
         outcome.stderr
     )
     assert leftovers(tmp_path / "out") == []

@@ -15,8 +15,8 @@ from hyper2kvm_worker.qemu_img import QemuImg
 from hyper2kvm_worker.tools import ToolRunner
 
 # What the worker itself relies on; a node missing one of these cannot run every job.
-NEEDED_PLUGINS = ("file", "curl")
-NEEDED_FILTERS = ("tar",)
+NEEDED_PLUGINS = ("file", "curl", "ssh")
+NEEDED_FILTERS = ("tar", "retry", "retry-request")
 
 
 def _version(runner: ToolRunner, argv: list[str]) -> str | None:

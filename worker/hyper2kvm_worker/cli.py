@@ -7,18 +7,23 @@ failure (bad input: do not retry), 75 transient failure (retry), 143 cancelled.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import getpass
 import json
+import re
 import signal
 import sys
 import threading
 import time
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from hyper2kvm_worker import __version__, console
-from hyper2kvm_worker.errors import ExitCode, Reason
+from hyper2kvm_worker import __version__, console, kubevirt_command
+from hyper2kvm_worker.errors import BadInput, ExitCode, Reason, WorkerError
 from hyper2kvm_worker.events import EventSink
 from hyper2kvm_worker.job_runner import JobRunner
 from hyper2kvm_worker.protocol import (
@@ -38,6 +43,8 @@ from hyper2kvm_worker.protocol import (
     Preallocation,
     Result,
     Source,
+    SshSource,
+    VSphereSource,
     encode_result,
 )
 from hyper2kvm_worker.tools import CancelToken, ToolRunner
@@ -63,13 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     inspect = commands.add_parser("inspect", help="describe a VMDK without converting it")
-    inspect.add_argument("source", help="VMDK file, OVA file, or http(s) URL")
+    inspect.add_argument("source", help=SOURCE_HELP)
     inspect.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    _remote_options(inspect)
     inspect.set_defaults(handler=_inspect)
 
     convert = commands.add_parser("convert", help="convert a VMDK to qcow2 or raw, verified")
-    convert.add_argument("source", help="VMDK file, OVA file, or http(s) URL")
+    convert.add_argument("source", help=SOURCE_HELP)
     convert.add_argument("destination", help="output file; written only when complete")
     convert.add_argument("--format", choices=[f.value for f in OutputFormat], default="qcow2")
     convert.add_argument("--compression", choices=[c.value for c in Compression], default="none")
@@ -78,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
     convert.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
     convert.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
+    _remote_options(convert)
     convert.set_defaults(handler=_convert)
 
     fix = commands.add_parser(
@@ -117,7 +126,55 @@ def _parser() -> argparse.ArgumentParser:
         "--location", action="append", type=Path, default=[], help="report free space here too"
     )
     caps.set_defaults(handler=_capabilities)
+
+    kubevirt_command.add_parser(commands)
     return parser
+
+
+SOURCE_HELP = (
+    "VMDK file, OVA file, http(s) URL, ssh://USER@HOST[:PORT]/PATH, or with --vsphere "
+    "'[DATASTORE] FOLDER/FILE.vmdk'"
+)
+
+
+def _remote_options(parser: argparse.ArgumentParser) -> None:
+    ssh = parser.add_argument_group("ssh:// sources (ESXi over SSH)")
+    ssh.add_argument("--identity", help="private key (default: ~/.ssh/id_ed25519, id_ecdsa...)")
+    ssh.add_argument("--known-hosts", help="the pinned host key (default: ~/.ssh/known_hosts)")
+    vsphere = parser.add_argument_group("vSphere datastore sources")
+    vsphere.add_argument("--vsphere", metavar="URL", help="https://HOST[:PORT] of vCenter or ESXi")
+    vsphere.add_argument("--user", help="vSphere user name")
+    vsphere.add_argument("--password-file", type=Path, help="file holding the vSphere password")
+    vsphere.add_argument("--datacenter", help="the datastore's datacenter (its inventory path)")
+    trust = vsphere.add_mutually_exclusive_group()
+    trust.add_argument("--ca-file", help="CA certificate(s) the server's certificate is signed by")
+    trust.add_argument("--insecure", action="store_true", help="do not verify the certificate")
+
+
+@contextlib.contextmanager
+def _vsphere_session(args: argparse.Namespace) -> Iterator[str | None]:
+    """With --vsphere: log in, yield the file holding the session cookie, log out."""
+    if not getattr(args, "vsphere", None):
+        yield None
+        return
+    missing = [flag for flag, value in (("--user", args.user), ("--datacenter", args.datacenter),
+               ("--password-file", args.password_file)) if not value]  # fmt: skip
+    if missing:
+        raise BadInput(Reason.INVALID_JOB, f"--vsphere needs {', '.join(missing)}")
+    from hyper2kvm_worker.sources import vsphere_session  # urllib and ssl load slowly
+
+    with vsphere_session.cookie_file(
+        args.vsphere, args.user, args.password_file, args.ca_file, args.insecure
+    ) as cookie:
+        yield cookie
+
+
+def _in_session(args: argparse.Namespace, work: Callable[[str | None], int]) -> int:
+    try:
+        with _vsphere_session(args) as cookie:
+            return work(cookie)
+    except WorkerError as error:  # logging in or out; the job's own failures are results
+        return _fail(error.message, error.reason, error.exit_code)
 
 
 def _fail(message: str, reason: Reason | str, code: int) -> int:
@@ -125,13 +182,45 @@ def _fail(message: str, reason: Reason | str, code: int) -> int:
     return code
 
 
-def source_from_argument(value: str, ova_disk: str | None) -> Source:
+def source_from_argument(
+    value: str, ova_disk: str | None, args: argparse.Namespace | None = None,
+    cookie_file: str | None = None,
+) -> Source:  # fmt: skip
+    if cookie_file is not None and args is not None:
+        return _datastore_source(value, args, cookie_file)
+    if value.startswith("ssh://") and args is not None:
+        return _ssh_source(value, args)
     if value.startswith(("http://", "https://")):
         return HttpSource(url=value)
     path = Path(value).absolute()
     if path.suffix.lower() == ".ova" or (path.is_file() and _is_tar(path)):
         return OvaSource(root=str(path.parent), path=path.name, disk=ova_disk)
     return FileSource(root=str(path.parent), path=path.name)
+
+
+def _datastore_source(value: str, args: argparse.Namespace, cookie_file: str) -> Source:
+    found = re.fullmatch(r"\[(?P<datastore>[^\]]+)\]\s*(?P<path>.+)", value)
+    if found is None:
+        raise ValueError("give the file as '[DATASTORE] FOLDER/FILE.vmdk'")
+    ca_file = str(Path(args.ca_file).absolute()) if args.ca_file else None
+    return VSphereSource(url=args.vsphere, datacenter=args.datacenter, path=found["path"],
+                         datastore=found["datastore"], cookie_file=cookie_file,
+                         ca_file=ca_file, insecure=args.insecure)  # fmt: skip
+
+
+def _ssh_source(value: str, args: argparse.Namespace) -> Source:
+    """ssh://USER@HOST[:PORT]/PATH, with the user's own key and known_hosts by default."""
+    parts = urllib.parse.urlsplit(value)
+    ssh = Path.home() / ".ssh"
+    keys = [ssh / name for name in ("id_ed25519", "id_ecdsa", "id_rsa")]
+    default_key = next((key for key in keys if key.is_file()), keys[0])
+    identity = Path(getattr(args, "identity", None) or default_key).absolute()
+    known_hosts = Path(getattr(args, "known_hosts", None) or ssh / "known_hosts").absolute()
+    return SshSource(
+        host=parts.hostname or "", port=parts.port or 22, user=parts.username or getpass.getuser(),
+        path=urllib.parse.unquote(parts.path), identity_file=str(identity),
+        known_hosts_file=str(known_hosts),
+    )  # fmt: skip
 
 
 def _is_tar(path: Path) -> bool:
@@ -175,9 +264,11 @@ def _paint(runner: JobRunner, stop: threading.Event) -> None:
     print("\r" + console.progress_line(runner.board.snapshot()), end="", file=sys.stderr)
 
 
-def _single_job(args: argparse.Namespace, operation: Operation) -> Job | int:
+def _single_job(
+    args: argparse.Namespace, operation: Operation, cookie_file: str | None = None
+) -> Job | int:
     try:
-        source = source_from_argument(args.source, args.ova_disk)
+        source = source_from_argument(args.source, args.ova_disk, args, cookie_file)
         output = None
         if operation is Operation.CONVERT or getattr(args, "destination", None):
             destination = Path(args.destination).absolute()
@@ -199,6 +290,8 @@ def _single_job(args: argparse.Namespace, operation: Operation) -> Job | int:
     except ValidationError as error:
         first = error.errors()[0]
         return _fail(first["msg"].removeprefix("Value error, "), Reason.INVALID_JOB, 3)
+    except ValueError as error:
+        return _fail(str(error), Reason.INVALID_JOB, ExitCode.PERMANENT)
 
 
 def _fix_options(args: argparse.Namespace) -> FixOptions:
@@ -222,7 +315,11 @@ def _report_failure(result: Result) -> int:
 
 
 def _inspect(args: argparse.Namespace, cancel: CancelToken) -> int:
-    job = _single_job(args, Operation.INSPECT)
+    return _in_session(args, lambda cookie: _inspect_in(args, cancel, cookie))
+
+
+def _inspect_in(args: argparse.Namespace, cancel: CancelToken, cookie: str | None) -> int:
+    job = _single_job(args, Operation.INSPECT, cookie)
     if isinstance(job, int):
         return job
     result, runner = _execute(job, cancel, stream=None, bar=False)
@@ -237,7 +334,11 @@ def _inspect(args: argparse.Namespace, cancel: CancelToken) -> int:
 
 
 def _convert(args: argparse.Namespace, cancel: CancelToken) -> int:
-    job = _single_job(args, Operation.CONVERT)
+    return _in_session(args, lambda cookie: _convert_in(args, cancel, cookie))
+
+
+def _convert_in(args: argparse.Namespace, cancel: CancelToken, cookie: str | None) -> int:
+    job = _single_job(args, Operation.CONVERT, cookie)
     if isinstance(job, int):
         return job
     result, _ = _execute_single(job, cancel, args.json)

@@ -35,6 +35,9 @@ class Reason(enum.StrEnum):
     VERIFICATION_FAILED = "VerificationFailed"
     TOOL_FAILED = "ToolFailed"
     POLICY_VIOLATION = "PolicyViolation"  # the cluster's policy forbids what the job asks
+    UNTRUSTED_SERVER = "UntrustedServer"  # an SSH host key or TLS certificate not pinned
+    AUTHENTICATION_FAILED = "AuthenticationFailed"  # the server refused the credentials
+    SESSION_EXPIRED = "SessionExpired"  # a vSphere session cookie refused: log in again
     CANCELLED = "Cancelled"
     INTERNAL = "InternalError"
 

@@ -1,4 +1,5 @@
-"""Inspecting a source disk without booting it: VMDK layout, sizes, partitions, filesystems."""
+"""Inspecting a source disk without booting it: VMDK layout (none for a raw flat extent),
+sizes, partitions, filesystems."""
 
 from __future__ import annotations
 
@@ -35,15 +36,25 @@ class Inspector:
 
     def _report(self, opened: OpenedSource) -> dict[str, Any]:
         info = opened.info
-        descriptor = opened.layout.descriptor
-        header = opened.layout.header
         report: dict[str, Any] = {
             "source": opened.label,
             "format": opened.format,
-            "subformat": descriptor.create_type,
             "virtual_size": int(info["virtual-size"]),
             "allocated_bytes": opened.stored_bytes,
-            "extents": [
+        }
+        if opened.layout is None:  # a bare flat extent: raw bytes, nothing describes them
+            size = report["virtual_size"]
+            flat = {"file": None, "type": "FLAT", "access": "RW", "size": size}
+            report.update(subformat="flat", extents=[flat], cid=None, parent_cid=None,
+                          parent_file=None)  # fmt: skip
+            report.update({name: None for name in _DDB_FIELDS.values()})
+            report.update(self._partitions(opened))
+            return report
+        descriptor = opened.layout.descriptor
+        header = opened.layout.header
+        report.update(
+            subformat=descriptor.create_type,
+            extents=[
                 {
                     "file": extent.file,
                     "type": extent.type,
@@ -52,10 +63,10 @@ class Inspector:
                 }
                 for extent in descriptor.extents
             ],
-            "cid": descriptor.cid,
-            "parent_cid": descriptor.parent_cid,
-            "parent_file": descriptor.parent_file if descriptor.has_parent else None,
-        }
+            cid=descriptor.cid,
+            parent_cid=descriptor.parent_cid,
+            parent_file=descriptor.parent_file if descriptor.has_parent else None,
+        )
         for key, name in _DDB_FIELDS.items():
             report[name] = descriptor.ddb.get(key)
         if header is not None:

@@ -1,7 +1,7 @@
 """NBD servers on a private Unix socket: nbdkit for a source (HTTP URL, a disk inside an
-OVA), and qemu-nbd for an image qemu opens with options only this process can give (a
-pinned source handed on to a process that cannot inherit descriptors, such as the
-libguestfs appliance).
+OVA, a file over SSH, a file in a vSphere datastore), and qemu-nbd for an image qemu opens
+with options only this process can give (a pinned source handed on to a process that
+cannot inherit descriptors, such as the libguestfs appliance).
 
 qemu then reads `nbd+unix:///?socket=...` as if it were a local file, so remote and
 archived disks convert without being downloaded or extracted first.
@@ -23,6 +23,7 @@ from hyper2kvm_worker.tools import ToolRunner, require, stop_group
 
 NBDKIT_PACKAGE = "nbdkit"
 _START_TIMEOUT_SECONDS = 15.0
+CONNECT_TIMEOUT_SECONDS = 30.0
 _SOCKET_BASE_MAX = 60  # + "/hyper2kvm-nbd-XXXXXXXX/nbd.sock" stays under 108
 
 
@@ -100,6 +101,17 @@ class NbdServer:
     ) -> None:
         self._close()
 
+    def errors(self) -> str:
+        """Stop the server and return the last error it logged (nbdkit's plugins report a
+        failed connection only there; the NBD client just sees no export)."""
+        process = self._process
+        if process is None or process.stderr is None:
+            return ""
+        stop_group(process)
+        lines = process.stderr.read().decode(errors="replace").strip().splitlines()
+        errors = [line for line in lines if "error:" in line] or lines
+        return errors[-1].split("error:", 1)[-1].strip()[:300] if errors else ""
+
     def _close(self) -> None:
         if self._process is not None:
             stop_group(self._process)
@@ -149,6 +161,51 @@ def curl_spec(
     if ca_file:
         params.append(f"cainfo={ca_file}")
     return ServeSpec(plugin="curl", params=tuple(params), description=url)
+
+
+# Reopen a dropped connection (the retry filter) and retry one failed read (retry-request):
+# a long copy survives a network blip; a server that stays away still fails in about a minute.
+RETRY_FILTERS = ("retry", "retry-request")
+
+
+def ssh_spec(
+    host: str,
+    port: int,
+    user: str,
+    path: str,
+    identity: str,
+    known_hosts: str,
+    *,
+    retry: bool,
+) -> ServeSpec:
+    """nbdkit's ssh plugin (SFTP), with the host key checked against `known_hosts` only:
+    no local SSH configuration is read (config=), and the check is never turned off."""
+    params = (
+        f"host={host}", f"port={port}", f"user={user}", f"path={path}",
+        f"identity={identity}", f"known-hosts={known_hosts}", "verify-remote-host=true",
+        "config=", f"timeout={int(CONNECT_TIMEOUT_SECONDS)}",
+    )  # fmt: skip
+    return ServeSpec(
+        plugin="ssh",
+        params=params,
+        filters=RETRY_FILTERS if retry else (),
+        description=f"{user}@{host}:{port}{path}",
+    )
+
+
+def datastore_spec(
+    url: str, cookie_file: str, ca_file: str | None, insecure: bool, description: str
+) -> ServeSpec:
+    """nbdkit's curl plugin on a datastore's /folder URL: HTTPS only, no redirects, the
+    session cookie read by nbdkit from its file (never on a command line)."""
+    params = [f"url={url}", f"cookie=+{cookie_file}", "followlocation=false", "protocols=https"]
+    if ca_file:
+        params.append(f"cainfo={ca_file}")
+    if insecure:
+        params.append("sslverify=false")
+    return ServeSpec(
+        plugin="curl", params=tuple(params), filters=RETRY_FILTERS, description=description
+    )
 
 
 def tar_member_spec(archive: str, member: str) -> ServeSpec:

@@ -11,7 +11,14 @@ import enum
 import posixpath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 PROTOCOL_VERSION: Literal["hyper2kvm.io/worker-job/v1"] = "hyper2kvm.io/worker-job/v1"
 RESULT_MAX_BYTES = 4096  # a Pod's termination message is cut at 4 KiB
@@ -103,7 +110,98 @@ class HttpSource(_Model):
     ca_file: str | None = None
 
 
-Source = Annotated[FileSource | OvaSource | HttpSource, Field(discriminator="kind")]
+def check_local_file(value: str) -> str:
+    """A file on this node named by a job (a mounted Secret): absolute, no NUL, no `%`
+    (libssh expands %-sequences in file names), no `..`."""
+    if not value.startswith("/") or "\x00" in value or "%" in value:
+        raise ValueError(f"file {value!r} must be an absolute path without NUL or '%'")
+    if ".." in value.split("/"):
+        raise ValueError(f"file {value!r} must not contain '..'")
+    return posixpath.normpath(value)
+
+
+def check_remote_disk(value: str) -> str:
+    """A disk's name on a server: printable, normalised, never climbing with `..`, a .vmdk."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise ValueError("path must not contain control characters")
+    if ".." in value.split("/"):
+        raise ValueError(f"path {value!r} must not contain '..'")
+    if not value.lower().endswith(".vmdk"):
+        raise ValueError(f"path {value!r} must name a .vmdk file (a -flat.vmdk or a VMDK)")
+    return posixpath.normpath(value)
+
+
+def check_label(value: str) -> str:
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise ValueError("names must not contain control characters")
+    return value
+
+
+LocalFile = Annotated[str, Field(min_length=2, max_length=4096), AfterValidator(check_local_file)]
+RemoteFormat = Literal["raw", "vmdk"]
+_HOST = r"^([A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]{1,44})$"
+
+
+class SshSource(_Model):
+    """A disk on an SSH server (ESXi: /vmfs/volumes/DATASTORE/VM/VM-flat.vmdk), read over
+    SFTP with nbdkit's ssh plugin; the server's host key is pinned, never skipped."""
+
+    kind: Literal["ssh"] = "ssh"
+    host: str = Field(min_length=1, max_length=253, pattern=_HOST)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
+    path: str = Field(min_length=7, max_length=4096, description="absolute path on the server")
+    identity_file: LocalFile = Field(description="private key file (a mounted Secret)")
+    known_hosts_file: LocalFile = Field(description="known_hosts line(s) pinning the host key")
+    format: RemoteFormat | None = Field(
+        default=None, description="raw or vmdk; default raw for a -flat.vmdk, else vmdk"
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"path {value!r} must be absolute on the server")
+        return check_remote_disk(value)
+
+
+class VSphereSource(_Model):
+    """A file in a vSphere datastore, read over HTTPS (`/folder`) with a session cookie:
+    the password never reaches the worker."""
+
+    kind: Literal["vsphere"] = "vsphere"
+    url: str = Field(
+        max_length=300,
+        pattern=r"^https://[A-Za-z0-9.:\[\]-]+/?$",
+        description="https://host[:port]",
+    )
+    datacenter: str = Field(min_length=1, max_length=1024, description="the datacenter's path")
+    datastore: str = Field(min_length=1, max_length=255)
+    path: RelativePath = Field(description="the file inside the datastore")
+    cookie_file: LocalFile = Field(description="file holding the session cookie (a Secret)")
+    ca_file: LocalFile | None = None
+    insecure: bool = Field(default=False, description="skip TLS verification (said explicitly)")
+    format: RemoteFormat | None = Field(
+        default=None, description="raw or vmdk; default raw for a -flat.vmdk, else vmdk"
+    )
+
+    _names = field_validator("datacenter", "datastore")(check_label)
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return check_remote_disk(check_relative_path(value))
+
+    @model_validator(mode="after")
+    def _one_trust(self) -> VSphereSource:
+        if self.insecure and self.ca_file:
+            raise ValueError("give ca_file or insecure, not both")
+        return self
+
+
+Source = Annotated[
+    FileSource | OvaSource | HttpSource | SshSource | VSphereSource, Field(discriminator="kind")
+]
 
 
 class Output(_Model):

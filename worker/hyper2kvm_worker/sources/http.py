@@ -1,0 +1,35 @@
+"""A single-file VMDK over HTTP(S), through nbdkit's curl plugin after a HEAD request
+that checks the network policy at every redirect (http_probe.py)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import ClassVar
+
+from hyper2kvm_worker import nbdkit
+from hyper2kvm_worker.protocol import HttpSource, Limits
+from hyper2kvm_worker.qemu_img import QemuImg
+from hyper2kvm_worker.sources.base import VMDK, OpenedSource, nbd_image, require_single_file
+from hyper2kvm_worker.sources.remote import remote_layout
+from hyper2kvm_worker.tools import ToolRunner
+
+
+class HttpDriver:
+    kind: ClassVar[str] = "http"
+
+    @contextlib.contextmanager
+    def open(
+        self, source: HttpSource, runner: ToolRunner, limits: Limits
+    ) -> Iterator[OpenedSource]:
+        from hyper2kvm_worker import http_probe  # urllib and ssl load slowly
+
+        url, size = http_probe.probe(source, limits)  # the final URL, every hop checked
+        user = http_probe.user_of(source)
+        spec = nbdkit.curl_spec(url, user, source.password_file, source.ca_file)
+        with nbdkit.nbdkit_server(runner, spec) as nbd:
+            label = http_probe.shown(source.url)
+            layout = remote_layout(QemuImg(runner), nbd.uri, label, size)
+            require_single_file(layout, label)
+            image = nbd_image(str(nbd.socket), VMDK)
+            yield OpenedSource(image, VMDK, layout, label, False, stored_bytes=size)
