@@ -9,6 +9,7 @@ export HYPER2KVM_CACHE ?= $(HOME)/.cache/hyper2kvm
 PYTEST_ARGS ?=
 
 .PHONY: help setup packages venv test test-unit test-worker test-cluster lint bench demo crds clean
+.PHONY: kubevirt-checker
 
 include hack/cluster.mk
 include hack/ops.mk
@@ -29,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[operator,dev]'
 	@touch $@
 
-test: setup lint cluster-binaries chart-tools ## run the whole test suite
+test: setup lint cluster-binaries chart-tools kubevirt-checker vcsim ## run the whole test suite
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup ## only the pure-logic tests (seconds)
@@ -38,7 +39,7 @@ test-unit: setup ## only the pure-logic tests (seconds)
 test-worker: setup ## the worker against real qemu-img and nbdkit
 	$(PYTHON) -m pytest tests/worker $(PYTEST_ARGS)
 
-test-cluster: setup cluster-binaries chart-tools ## against a real control plane, or the cluster of KUBECONFIG
+test-cluster: setup cluster-binaries chart-tools vcsim ## against a real control plane, or the cluster of KUBECONFIG
 	$(PYTHON) -m pytest tests/cluster $(PYTEST_ARGS)
 
 lint: venv chart-tools ## ruff, mypy (strict), import-layer contracts, hadolint, helm lint
@@ -49,8 +50,11 @@ lint: venv chart-tools ## ruff, mypy (strict), import-layer contracts, hadolint,
 	$(VENV)/bin/hadolint Dockerfile.worker Dockerfile.operator
 	"$$(hack/tools/build.sh)/bin/helm" lint --strict --quiet charts/hyper2kvm
 
+kubevirt-checker: ## build the checker of VirtualMachines against kubevirt.io/api's Go types once (cached)
+	@hack/kubevirt/build.sh >/dev/null
+
 crds: venv ## regenerate crds/ (and the chart's copy) from the API models; tests catch stale ones
-	$(PYTHON) -m hyper2kvm_operator.crd > crds/migrationjobs.hyper2kvm.io.yaml
+	$(PYTHON) -m hyper2kvm_operator.crd crds
 	cp crds/*.yaml charts/hyper2kvm/crds/
 
 bench: setup cluster-binaries ## benchmarks: conversion against qemu-img and cp; the operator under load

@@ -31,6 +31,11 @@ POD_REFUSED = "PodRefused"  # the API server would not create the worker Pod
 NAME_TAKEN = "NameTaken"  # a child's name is held by an object this job does not own
 CREDENTIALS_REFUSED = "CredentialsRefused"  # a secretRef names a Secret not meant for us
 
+# A VSphereProvider's Ready condition.
+CONNECTED = "Connected"
+INCOMPLETE_CREDENTIALS = "IncompleteCredentials"  # its Secret lacks username or password
+# and the vSphere client's own reasons: InvalidLogin, CertificateMismatch, Unreachable, ...
+
 
 def set_condition(
     conditions: list[dict[str, Any]],

@@ -1,4 +1,4 @@
-"""Generate the MigrationJob CRD from the pydantic API models (`python -m hyper2kvm_operator.crd`).
+"""Generate the CRDs from the pydantic API models (`python -m hyper2kvm_operator.crd crds/`).
 
 Pydantic's JSON schema is turned into a Kubernetes *structural* schema: references
 inlined, optional fields unwrapped, titles dropped, `additionalProperties: false`
@@ -8,15 +8,17 @@ removed (the API server prunes unknown fields instead, and forbids the two toget
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
-from hyper2kvm_operator import api
+from hyper2kvm_operator import api, provider_api
 
 _DROP = {"title", "discriminator"}
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Operation", "type": "string", "jsonPath": ".spec.operation"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
@@ -71,13 +73,53 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def crd_manifest() -> dict[str, Any]:
+    """The MigrationJob CRD."""
     spec = model_schema(api.MigrationJobSpec)
     spec["description"] = "What to migrate and how; see `kubectl explain migrationjob.spec`."
     status = model_schema(api.MigrationJobStatus)
+    return _manifest(
+        kind=api.KIND,
+        plural=api.PLURAL,
+        short_names=["mj"],
+        description="One VM's disks to inspect, convert or repair for KVM.",
+        spec=spec,
+        status=status,
+        columns=PRINTER_COLUMNS,
+        root_rules=[api.IMMUTABLE_AFTER_START],
+    )
+
+
+def provider_crd_manifest() -> dict[str, Any]:
+    """The VSphereProvider CRD."""
+    spec = model_schema(provider_api.VSphereProviderSpec)
+    spec["description"] = "Where vCenter or ESXi is, and how to log in and trust it."
+    return _manifest(
+        kind=provider_api.KIND,
+        plural=provider_api.PLURAL,
+        short_names=["vsp"],
+        description="A connection to vCenter or ESXi that MigrationJobs read VMs from.",
+        spec=spec,
+        status=model_schema(provider_api.VSphereProviderStatus),
+        columns=provider_api.PRINTER_COLUMNS,
+        root_rules=[],
+    )
+
+
+def _manifest(
+    *,
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    description: str,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+    columns: list[dict[str, Any]],
+    root_rules: list[dict[str, str]],
+) -> dict[str, Any]:
     status["description"] = "Written by the operator only."
-    root = {
+    root: dict[str, Any] = {
         "type": "object",
-        "description": "One VM's disks to inspect, convert or repair for KVM.",
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -86,15 +128,17 @@ def crd_manifest() -> dict[str, Any]:
             "spec": spec,
             "status": status,
         },
-        "x-kubernetes-validations": [api.IMMUTABLE_AFTER_START],
     }
+    if root_rules:
+        root["x-kubernetes-validations"] = root_rules
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{api.PLURAL}.{api.GROUP}",
-            # Deleting the CRD deletes every MigrationJob and, through them, running workers:
-            # GitOps tools (Argo CD, and Helm for chart-managed copies) must never prune it.
+            "name": f"{plural}.{api.GROUP}",
+            # Deleting a CRD deletes every object of its kind and, for MigrationJobs, running
+            # workers: GitOps tools (Argo CD, and Helm for chart-managed copies) must never
+            # prune it.
             "annotations": {
                 "argocd.argoproj.io/sync-options": "Delete=false,ServerSideApply=true",
                 "helm.sh/resource-policy": "keep",
@@ -104,11 +148,11 @@ def crd_manifest() -> dict[str, Any]:
             "group": api.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.KIND.lower(),
-                "shortNames": ["mj"],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
                 "categories": ["hyper2kvm"],
             },
             "versions": [
@@ -118,7 +162,7 @@ def crd_manifest() -> dict[str, Any]:
                     "storage": True,
                     "schema": {"openAPIV3Schema": root},
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": columns,
                 }
             ],
         },
@@ -132,11 +176,22 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
-def render() -> str:
-    header = "# Generated from operator/hyper2kvm_operator/api.py by `make crds`; do not edit.\n"
-    body = yaml.dump(crd_manifest(), Dumper=_PlainDumper, sort_keys=False, width=100)
+MANIFESTS = {  # file name in crds/ -> its CRD
+    f"{api.PLURAL}.{api.GROUP}.yaml": crd_manifest,
+    f"{provider_api.PLURAL}.{api.GROUP}.yaml": provider_crd_manifest,
+}
+
+
+def render(manifest: Callable[[], dict[str, Any]] = crd_manifest) -> str:
+    header = "# Generated from operator/hyper2kvm_operator by `make crds`; do not edit.\n"
+    body = yaml.dump(manifest(), Dumper=_PlainDumper, sort_keys=False, width=100)
     return header + body
 
 
+def write_all(directory: Path) -> None:
+    for name, manifest in MANIFESTS.items():
+        (directory / name).write_text(render(manifest), encoding="utf-8")
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    write_all(Path(sys.argv[1]))

@@ -12,7 +12,15 @@ import kopf
 import kubernetes
 from prometheus_client import start_http_server
 
-from hyper2kvm_operator import api, attempts, job_state, placement, reconcile
+from hyper2kvm_operator import (
+    api,
+    attempts,
+    job_state,
+    placement,
+    provider_api,
+    providers,
+    reconcile,
+)
 from hyper2kvm_operator.api import Phase
 from hyper2kvm_operator.kube import KubeApi
 from hyper2kvm_operator.metrics import OperatorMetrics
@@ -21,6 +29,7 @@ from hyper2kvm_operator.settings import Settings
 from hyper2kvm_operator.worker_pod import MANAGED_BY
 
 JOBS = (api.GROUP, api.VERSION, api.PLURAL)
+PROVIDERS = (api.GROUP, api.VERSION, provider_api.PLURAL)
 # An indexer's None keeps the object's previous entries; an empty mapping removes them.
 NOT_INDEXED: dict[Any, Any] = {}
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -207,3 +216,18 @@ async def place(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
 @counted
 async def follow(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
     await attempts.follow(op(), body, stopped, logger)
+
+
+# ---------------------------------------------------------------------------- providers
+
+
+@kopf.timer(*PROVIDERS, interval=providers.CHECK_INTERVAL_SECONDS)
+@counted
+async def check_provider(body: kopf.Body, **_: Any) -> None:
+    await providers.check(op(), body, providers.vsphere_probe)
+
+
+@kopf.on.update(*PROVIDERS, field="spec")
+@counted
+async def recheck_changed_provider(body: kopf.Body, **_: Any) -> None:
+    await providers.check(op(), body, providers.vsphere_probe)

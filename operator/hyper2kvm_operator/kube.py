@@ -7,6 +7,7 @@ free. The write count feeds the operator's metrics (the API budget of a job).
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import json
 from collections.abc import Callable
@@ -28,6 +29,10 @@ T = TypeVar("T")
 
 
 _RETRIED_STATUSES = {429, 500, 502, 503, 504}
+
+
+class SecretUnusable(Exception):
+    """A Secret a resource names cannot be used: missing, or not marked for migrations."""
 
 
 class Refused(Exception):
@@ -83,19 +88,7 @@ class KubeApi:
 
     async def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """A JSON merge patch of `.status`: no resourceVersion, so it cannot conflict."""
-        self._on_write()
-        await _call(
-            functools.partial(
-                self._custom.patch_namespaced_custom_object_status,
-                _content_type="application/merge-patch+json",  # the client's default is JSON patch
-            ),
-            api.GROUP,
-            api.VERSION,
-            namespace,
-            api.PLURAL,
-            name,
-            {"status": status},
-        )
+        await self.patch_status(api.PLURAL, namespace, name, status)
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """Create a ConfigMap or Pod. When one of that name exists (a restart's retry, or
@@ -161,6 +154,44 @@ class KubeApi:
             raise
         meta = secret.metadata
         return dict((meta.labels if meta is not None else None) or {})
+
+    async def marked_secret(self, namespace: str, name: str, label: str) -> dict[str, str]:
+        """The decoded data of a Secret its owner marked with `label`=true for migrations.
+        Raises SecretUnusable, saying why, when it is missing or not marked."""
+        try:
+            secret = await _call(self._core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                raise SecretUnusable(
+                    f"Secret {name} does not exist in namespace {namespace}"
+                ) from None
+            raise
+        labels = (secret.metadata.labels if secret.metadata is not None else None) or {}
+        if labels.get(label) != "true":
+            raise SecretUnusable(
+                f"Secret {name} is not marked for migrations: label it {label}=true "
+                "(policy.credentialLabel)"
+            )
+        return {key: base64.b64decode(value).decode("utf-8", "replace")
+                for key, value in (secret.data or {}).items()}  # fmt: skip
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        """A JSON merge patch of a hyper2kvm.io object's `.status`."""
+        self._on_write()
+        await _call(
+            functools.partial(
+                self._custom.patch_namespaced_custom_object_status,
+                _content_type="application/merge-patch+json",
+            ),
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": status},
+        )
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

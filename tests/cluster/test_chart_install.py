@@ -237,6 +237,9 @@ def test_chart_operator_converts_a_disk_with_its_own_service_account(
         ("create", "pods", True),
         ("delete", "pods", True),
         ("patch", "migrationjobs.hyper2kvm.io/status", True),
+        ("patch", "vsphereproviders.hyper2kvm.io/status", True),
+        ("watch", "vsphereproviders.hyper2kvm.io", True),
+        ("delete", "vsphereproviders.hyper2kvm.io", False),
         ("list", "nodes", True),
         ("get", "secrets", True),  # a Secret's label, before a worker may mount it
         ("list", "secrets", False),

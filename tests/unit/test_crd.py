@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hyper2kvm_operator import crd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,6 +66,20 @@ def test_defaults_reach_the_api_server() -> None:
     assert output["format"]["default"] == "qcow2"
 
 
-def test_committed_crd_is_current() -> None:
-    committed = (REPO / "crds" / "migrationjobs.hyper2kvm.io.yaml").read_text()
-    assert committed == crd.render(), "crds/ is stale: run `make crds`"
+@pytest.mark.parametrize("name", sorted(crd.MANIFESTS))
+def test_committed_crds_are_current(name: str) -> None:
+    committed = (REPO / "crds" / name).read_text()
+    assert committed == crd.render(crd.MANIFESTS[name]), "crds/ is stale: run `make crds`"
+
+
+def test_provider_crd_is_structural_with_its_columns() -> None:
+    manifest = crd.provider_crd_manifest()
+    version = manifest["spec"]["versions"][0]
+    for path, node in walk(version["schema"]["openAPIV3Schema"]):
+        if "properties" in node:
+            assert node.get("type") == "object", path
+    columns = [column["name"] for column in version["additionalPrinterColumns"]]
+    assert columns == ["URL", "Ready", "Reason", "Product", "Version", "Checked", "Age"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["required"] == ["url", "credentialsSecretRef"]
+    assert spec["properties"]["maxDisksPerHost"]["default"] == 10
