@@ -59,7 +59,7 @@ class VSphereProviderSpec(_Api):
     )
     thumbprint: str | None = Field(
         default=None,
-        pattern=r"^([0-9A-Fa-f]{2}:){19}[0-9A-Fa-f]{2}(([0-9A-Fa-f]{2}:){12}[0-9A-Fa-f]{2})?$",
+        pattern=r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){19}((:[0-9A-Fa-f]{2}){12})?$",
         description="the server certificate's SHA-1 or SHA-256 fingerprint (AA:BB:...), "
         "pinned instead of a CA",
     )
