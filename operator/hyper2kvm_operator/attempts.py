@@ -105,7 +105,7 @@ async def _follow_attempt(
             limit = body["spec"]["timeoutSeconds"]
             await move(op, body, Phase.FAILED, cond.TIMED_OUT, f"ran longer than {limit}s")
             return
-        elif (terminated := _terminated(pod)) is not None:
+        elif (terminated := _terminated(pod)) is not None and _ended(pod):
             await finish(op, body, terminated, _memory_limit(pod), logger)
             return
         else:
@@ -117,6 +117,12 @@ def _memory_limit(pod: Body) -> str | None:
     containers = (pod.get("spec") or {}).get("containers") or [{}]
     limit = ((containers[0].get("resources") or {}).get("limits") or {}).get("memory")
     return str(limit) if limit else None
+
+
+def _ended(pod: Body) -> bool:
+    """The Pod itself has ended, not only its container: kubelet reports the terminal phase
+    once the sandbox is gone, and until then the Pod still holds its node's slot."""
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
 def _terminated(pod: Body) -> dict[str, Any] | None:
