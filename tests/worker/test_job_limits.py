@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 from tests import requirements
-from tests.worker.conftest import WORKER, Outcome, assert_one_line_error, leftovers
+from tests.worker.conftest import (
+    WORKER,
+    Outcome,
+    assert_one_line_error,
+    leftovers,
+    run_one_disk_job,
+)
 from tests.worker.http_server import serve
 from tests.worker.images import MiB, make_raw, to_vmdk
 
@@ -31,21 +37,7 @@ LOOPBACK_DENIED = {"http_allow": ["0.0.0.0/0"], "http_deny": ["127.0.0.1/32"]}
 def run_job(
     tmp_path: Path, source: dict[str, Any], limits: dict[str, Any], **extra: Any
 ) -> Outcome:
-    out = tmp_path / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    job = {
-        "name": "limited",
-        "operation": "convert",
-        "disks": [{"name": "d", "source": source, "output": {"root": str(out), "path": "d.qcow2"}}],
-        "limits": limits,
-    }
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps(job))
-    listen = extra.get("listen")
-    argv = [str(WORKER), "run", "--job", str(job_file)]
-    argv += ["--listen", listen] if listen else ["--no-listen"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    return Outcome(done.returncode, done.stdout, done.stderr)
+    return run_one_disk_job(tmp_path, source, limits=limits, listen=extra.get("listen"))
 
 
 @pytest.fixture

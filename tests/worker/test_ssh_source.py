@@ -7,7 +7,6 @@ single-file sparse VMDK.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,14 @@ from typing import Any
 import pytest
 
 from tests import requirements
-from tests.worker.conftest import WORKER, Outcome, assert_one_line_error, leftovers
+from tests.worker.conftest import (
+    WORKER,
+    Outcome,
+    assert_converted,
+    assert_one_line_error,
+    leftovers,
+    run_one_disk_job,
+)
 from tests.worker.images import make_vmfs, raw_digest, same_content, to_vmdk
 from tests.worker.ssh_server import SshServer, keygen, serve
 
@@ -54,31 +60,14 @@ def ssh_source(server: SshServer, path: Path, **changes: Any) -> dict[str, Any]:
 
 
 def run_job(tmp_path: Path, source: dict[str, Any], operation: str = "convert") -> Outcome:
-    out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    disk: dict[str, Any] = {"name": "d", "source": source}
-    if operation == "convert":
-        disk["output"] = {"root": str(out), "path": "d.qcow2"}
-    job = {"name": "esxi", "operation": operation, "disks": [disk]}
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    argv = [str(WORKER), "run", "--job", str(tmp_path / "job.json"), "--no-listen"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    return Outcome(done.returncode, done.stdout, done.stderr)
-
-
-def assert_converted(outcome: Outcome, tmp_path: Path, raw: Path) -> None:
-    assert outcome.returncode == 0, outcome.stderr
-    disk = outcome.result()["disks"][0]
-    assert disk["verified"] is True
-    assert disk["digest"] == raw_digest(raw)
-    assert same_content(tmp_path / "out" / "d.qcow2", raw, "qcow2", "raw")
+    return run_one_disk_job(tmp_path, source, operation=operation)
 
 
 def test_a_flat_extent_converts_as_raw(
     sshd: SshServer, datastore: Path, small_raw: Path, tmp_path: Path
 ) -> None:
     outcome = run_job(tmp_path, ssh_source(sshd, datastore / "vm-flat.vmdk"))
-    assert_converted(outcome, tmp_path, small_raw)
+    assert_converted(outcome, tmp_path / "out" / "d.qcow2", small_raw)
 
 
 def test_a_monolithic_sparse_vmdk_converts(
@@ -86,14 +75,14 @@ def test_a_monolithic_sparse_vmdk_converts(
 ) -> None:
     vmdk = to_vmdk(small_raw, tmp_path / "sparse.vmdk", "monolithicSparse")
     outcome = run_job(tmp_path, ssh_source(sshd, vmdk))
-    assert_converted(outcome, tmp_path, small_raw)
+    assert_converted(outcome, tmp_path / "out" / "d.qcow2", small_raw)
 
 
 def test_a_vmfs_descriptor_is_followed_to_its_flat_extent(
     sshd: SshServer, datastore: Path, small_raw: Path, tmp_path: Path
 ) -> None:
     outcome = run_job(tmp_path, ssh_source(sshd, datastore / "vm.vmdk"))
-    assert_converted(outcome, tmp_path, small_raw)
+    assert_converted(outcome, tmp_path / "out" / "d.qcow2", small_raw)
 
 
 def test_a_flat_extent_is_inspected_without_a_vmdk_layout(

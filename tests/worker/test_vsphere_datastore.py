@@ -8,7 +8,6 @@ tests' own HTTPS server, which answers 401 to a cookie it does not know, as vCen
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -23,9 +22,16 @@ from hyper2kvm_worker.sources import vsphere_session
 from hyper2kvm_worker.sources.vsphere import datastore_url
 from tests import requirements
 from tests.vsphere.vcsim import Vcsim, running
-from tests.worker.conftest import WORKER, Outcome, assert_one_line_error, leftovers
+from tests.worker.conftest import (
+    WORKER,
+    Outcome,
+    assert_converted,
+    assert_one_line_error,
+    leftovers,
+    run_one_disk_job,
+)
 from tests.worker.http_server import serve
-from tests.worker.images import MiB, make_raw, make_vmfs, raw_digest, same_content
+from tests.worker.images import MiB, make_raw, make_vmfs
 
 pytestmark = pytest.mark.needs(*requirements.WORKER_TOOLS, "openssl")
 
@@ -86,23 +92,7 @@ def source(vcsim: Vcsim, path: str, cookie: Path, **changes: Any) -> dict[str, A
 
 
 def run_job(tmp_path: Path, disk_source: dict[str, Any], **limits: Any) -> Outcome:
-    out = tmp_path / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    output = {"root": str(out), "path": "d.qcow2"}
-    job = {"name": "vsphere", "operation": "convert", "limits": limits,
-           "disks": [{"name": "d", "source": disk_source, "output": output}]}  # fmt: skip
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    argv = [str(WORKER), "run", "--job", str(tmp_path / "job.json"), "--no-listen"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    return Outcome(done.returncode, done.stdout, done.stderr)
-
-
-def assert_converted(outcome: Outcome, out: Path, raw: Path) -> None:
-    assert outcome.returncode == 0, outcome.stderr
-    disk = outcome.result()["disks"][0]
-    assert disk["verified"] is True
-    assert disk["digest"] == raw_digest(raw)
-    assert same_content(out, raw, "qcow2", "raw")
+    return run_one_disk_job(tmp_path, disk_source, limits=limits)
 
 
 def test_datastore_urls_quote_every_part() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Text = Annotated[str, Field(max_length=1024)]
 
@@ -94,3 +94,11 @@ class Hardware(_Model):
             if controller.key == disk.controller:
                 return controller.kind
         return None
+
+
+def first_problem(error: ValidationError) -> str:
+    """Where a describer's values first break this model, and why: `disks: List should have
+    at most 64 items`. Describers put it in their own error, naming the source."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}"

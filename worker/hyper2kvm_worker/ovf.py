@@ -26,6 +26,7 @@ from hyper2kvm_worker.hardware import (
     Hardware,
     HardwareDisk,
     HardwareNic,
+    first_problem,
 )
 
 OVF_MAX_BYTES = 4 << 20  # VMware's descriptors are a few KiB; 4 MiB is far beyond any real one
@@ -68,10 +69,8 @@ def parse_ovf(data: bytes) -> Hardware:
     try:
         return _hardware(system, section, disks)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
         raise BadInput(
-            Reason.INVALID_IMAGE, f"the OVF descriptor's {where}: {first['msg']}"
+            Reason.INVALID_IMAGE, f"the OVF descriptor's {first_problem(error)}"
         ) from None
 
 

@@ -22,6 +22,7 @@ from hyper2kvm_worker.hardware import (
     Hardware,
     HardwareDisk,
     HardwareNic,
+    first_problem,
 )
 
 VMX_MAX_BYTES = 1 << 20  # real files are a few KiB
@@ -56,9 +57,7 @@ def parse_vmx(text: str) -> Hardware:
     try:
         return _hardware(config)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise BadInput(Reason.INVALID_IMAGE, f"the .vmx file's {where}: {first['msg']}") from None
+        raise BadInput(Reason.INVALID_IMAGE, f"the .vmx file's {first_problem(error)}") from None
 
 
 def _entries(text: str) -> dict[str, _Value]:

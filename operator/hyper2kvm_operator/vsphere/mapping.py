@@ -22,6 +22,7 @@ from hyper2kvm_worker.hardware import (
     Hardware,
     HardwareDisk,
     HardwareNic,
+    first_problem,
 )
 
 _DATASTORE_PATH = re.compile(r"^\[(?P<datastore>[^\]]+)\]\s*(?P<path>.+)$")
@@ -60,11 +61,7 @@ def hardware(facts: VmFacts) -> Hardware:
     try:
         return _hardware(facts)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise VSphereError(
-            Reason.UNSUPPORTED, f"VM {facts.name}: {where}: {first['msg']}"
-        ) from None
+        raise VSphereError(Reason.UNSUPPORTED, f"VM {facts.name}: {first_problem(exc)}") from None
 
 
 def _hardware(facts: VmFacts) -> Hardware:
