@@ -16,7 +16,6 @@ from hyper2kvm_operator.api import Condition, SecretRef
 
 KIND = "VSphereProvider"
 PLURAL = "vsphereproviders"
-DEFAULT_DISKS_PER_HOST = 10  # the figure Forklift's own lab found best per ESXi host
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "URL", "type": "string", "jsonPath": ".spec.url"},
@@ -65,12 +64,6 @@ class VSphereProviderSpec(_Api):
     )
     insecureSkipVerify: bool = Field(
         default=False, description="trust any certificate; only when said explicitly"
-    )
-    maxDisksPerHost: int = Field(
-        default=DEFAULT_DISKS_PER_HOST,
-        ge=1,
-        le=100,
-        description="at most this many disks read at once from one ESXi host",
     )
 
     model_config = ConfigDict(

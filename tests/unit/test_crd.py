@@ -82,4 +82,10 @@ def test_provider_crd_is_structural_with_its_columns() -> None:
     assert columns == ["URL", "Ready", "Reason", "Product", "Version", "Checked", "Age"]
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["required"] == ["url", "credentialsSecretRef"]
-    assert spec["properties"]["maxDisksPerHost"]["default"] == 10
+    assert set(spec["properties"]) == {
+        "url",
+        "credentialsSecretRef",
+        "caBundle",
+        "thumbprint",
+        "insecureSkipVerify",
+    }
