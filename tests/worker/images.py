@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import random
 import subprocess
 import tarfile
@@ -95,3 +97,61 @@ def same_content(a: Path, b: Path, fmt_a: str | None = None, fmt_b: str | None =
         str(b),
     ]
     return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+def ovf_descriptor(files: dict[str, tuple[int, int]]) -> bytes:
+    """A VMware-style OVF declaring, for each disk file, its size and its disk's capacity."""
+    references = "".join(
+        f'<File ovf:href="{name}" ovf:id="file{i}" ovf:size="{size}"/>'
+        for i, (name, (size, _)) in enumerate(files.items(), start=1)
+    )
+    disks = "".join(
+        f'<Disk ovf:capacity="{capacity}" ovf:capacityAllocationUnits="byte" '
+        f'ovf:diskId="vmdisk{i}" ovf:fileRef="file{i}"/>'
+        for i, (_, (_, capacity)) in enumerate(files.items(), start=1)
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" '
+        'xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1">'
+        f"<References>{references}</References>"
+        f"<DiskSection><Info>Virtual disk information</Info>{disks}</DiskSection>"
+        "</Envelope>"
+    ).encode()
+
+
+def manifest_line(algorithm: str, name: str, data: bytes) -> str:
+    return f"{algorithm.upper()}({name})= {hashlib.new(algorithm.lower(), data).hexdigest()}\n"
+
+
+def make_exported_ova(
+    ova: Path,
+    disks: dict[str, Path],
+    *,
+    algorithm: str | None = "sha256",
+    declared: dict[str, tuple[int, int]] | None = None,
+    manifest: str | None = None,
+) -> Path:
+    """An OVA as ovftool exports one: `vm.ovf` declaring each disk's file size and capacity
+    (or `declared`'s), the manifest `vm.mf` (`algorithm`'s digests, or the text `manifest`;
+    none when both are None), then the disks."""
+    sizes = declared or {
+        name: (path.stat().st_size, int(json.loads(run("qemu-img", "info", "--output=json",
+                                                           path))["virtual-size"]))
+        for name, path in disks.items()
+    }  # fmt: skip
+    descriptor = ovf_descriptor(sizes)
+    if manifest is None and algorithm is not None:
+        manifest = manifest_line(algorithm, "vm.ovf", descriptor) + "".join(
+            manifest_line(algorithm, name, path.read_bytes()) for name, path in disks.items()
+        )
+    with tarfile.open(ova, "w", format=tarfile.USTAR_FORMAT) as tar:
+        members = [("vm.ovf", descriptor)]
+        members += [("vm.mf", manifest.encode())] if manifest is not None else []
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, path in disks.items():
+            tar.add(path, arcname=name)
+    return ova

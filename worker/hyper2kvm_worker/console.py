@@ -49,7 +49,11 @@ def inspection_text(report: dict[str, Any]) -> str:
         f"hardware version: {report.get('hardware_version') or '-'}",
         f"uuid:             {report.get('uuid') or '-'}",
         f"CID / parentCID:  {report.get('cid') or '-'} / {report.get('parent_cid') or '-'}",
+        f"logical sector:   {report.get('logical_sector_size') or '512 (not declared)'}",
     ]
+    if report.get("integrity"):
+        checked = ", ".join(f"{name} {state}" for name, state in report["integrity"].items())
+        lines.append(f"manifest:         {checked}")
     if report.get("parent_file"):
         lines.append(f"parent:           {report['parent_file']}")
     lines.append("extents:")

@@ -201,9 +201,12 @@ class Converter:
         observer: Observer,
     ) -> str | None:
         """Convert into `partial`, flush it, and return its digest (None without verify)."""
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
+        workers = 2 + len(opened.checks)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
             source_digest: Future[str] | None = None
             abort_source_digest = self._runner.cancel.child()
+            # The source's own integrity checks read it while it converts, whatever `verify`.
+            checks = [pool.submit(check.verify, abort_source_digest) for check in opened.checks]
             if verify:
                 # The source is hashed while qemu-img converts: the two use different cores.
                 source_digester = Digester(ToolRunner(abort_source_digest))
@@ -227,6 +230,12 @@ class Converter:
                 raise
             observer.on_bytes(size)
             flushed = pool.submit(_fsync_file, partial)
+            try:
+                for check in checks:
+                    check.result()  # raises on a damaged source: the output is discarded
+            except BaseException:
+                abort_source_digest.cancel()
+                raise
             if not verify or source_digest is None:
                 flushed.result()
                 return None

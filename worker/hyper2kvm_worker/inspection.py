@@ -14,6 +14,9 @@ from hyper2kvm_worker.sources import OpenedSource, open_source
 from hyper2kvm_worker.tools import ToolRunner
 
 FS_PROBE_BYTES = 128 * 1024  # covers every common superblock, btrfs's at 64 KiB included
+# A source's integrity checks (an OVA's manifest) read all of a member: inspect makes them
+# for members up to this size and leaves larger ones to the conversion, which reads it anyway.
+CHECK_MAX_BYTES = 256 << 20
 _DDB_FIELDS = {
     "ddb.adapterType": "adapter_type",
     "ddb.virtualHWVersion": "hardware_version",
@@ -32,7 +35,23 @@ class Inspector:
 
     def inspect(self, source: Source) -> dict[str, Any]:
         with open_source(source, self._runner, self._limits) as opened:
-            return self._report(opened)
+            checked = self._check(opened)
+            report = self._report(opened)
+            report["integrity"] = checked
+            return report
+
+    def _check(self, opened: OpenedSource) -> dict[str, str] | None:
+        """Each checked file: "verified", or "checked on convert" when it is too large."""
+        if not opened.checks:
+            return None
+        checked = {}
+        for check in opened.checks:
+            if check.size > CHECK_MAX_BYTES:
+                checked[check.label] = "checked on convert"
+                continue
+            check.verify(self._runner.cancel)
+            checked[check.label] = "verified"
+        return checked
 
     def _report(self, opened: OpenedSource) -> dict[str, Any]:
         info = opened.info
@@ -46,13 +65,14 @@ class Inspector:
             size = report["virtual_size"]
             flat = {"file": None, "type": "FLAT", "access": "RW", "size": size}
             report.update(subformat="flat", extents=[flat], cid=None, parent_cid=None,
-                          parent_file=None)  # fmt: skip
+                          parent_file=None, logical_sector_size=None)  # fmt: skip
             report.update({name: None for name in _DDB_FIELDS.values()})
             report.update(self._partitions(opened))
             return report
         descriptor = opened.layout.descriptor
         header = opened.layout.header
         report.update(
+            logical_sector_size=descriptor.logical_sector_size,
             subformat=descriptor.create_type,
             extents=[
                 {

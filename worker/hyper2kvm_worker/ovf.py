@@ -50,17 +50,7 @@ _MAX_BYTES = 1 << 62
 
 def parse_ovf(data: bytes) -> Hardware:
     """The hardware of the one VirtualSystem `data` describes; BadInput says what is wrong."""
-    if len(data) > OVF_MAX_BYTES:
-        raise BadInput(
-            Reason.INVALID_IMAGE,
-            f"the OVF descriptor is {len(data)} bytes, more than the {OVF_MAX_BYTES} accepted",
-        )
-    root = _parse_xml(data)
-    if _local(root.tag) != "Envelope":
-        raise BadInput(
-            Reason.INVALID_IMAGE,
-            f"not an OVF descriptor: its root element is <{_local(root.tag)}>, not <Envelope>",
-        )
+    root = _envelope(data)
     system = _only_system(root)
     section = _first(system, "VirtualHardwareSection")
     if section is None:
@@ -72,6 +62,41 @@ def parse_ovf(data: bytes) -> Hardware:
         raise BadInput(
             Reason.INVALID_IMAGE, f"the OVF descriptor's {first_problem(error)}"
         ) from None
+
+
+@dataclass(frozen=True)
+class DeclaredFile:
+    """What an OVF's References (and DiskSection, for a disk's file) say of one file."""
+
+    href: str
+    size: int | None  # ovf:size, the file's bytes in the OVA
+    capacity: int | None = None  # the disk it holds, in bytes, when it holds one
+
+
+def declared_files(data: bytes) -> dict[str, DeclaredFile]:
+    """The files an OVF descriptor declares, by name: only References and DiskSection are
+    read, so that an OVA is checked against them whatever else its descriptor holds."""
+    root = _envelope(data)
+    files = {href: DeclaredFile(href, size) for href, size in _references(root).values() if href}
+    for disk in _disk_section(root).values():
+        if disk.href:
+            files[disk.href] = DeclaredFile(disk.href, disk.size, disk.capacity)
+    return files
+
+
+def _envelope(data: bytes) -> Element:
+    if len(data) > OVF_MAX_BYTES:
+        raise BadInput(
+            Reason.INVALID_IMAGE,
+            f"the OVF descriptor is {len(data)} bytes, more than the {OVF_MAX_BYTES} accepted",
+        )
+    root = _parse_xml(data)
+    if _local(root.tag) != "Envelope":
+        raise BadInput(
+            Reason.INVALID_IMAGE,
+            f"not an OVF descriptor: its root element is <{_local(root.tag)}>, not <Envelope>",
+        )
+    return root
 
 
 def _parse_xml(data: bytes) -> Element:
@@ -112,13 +137,19 @@ class _DeclaredDisk:
     size: int | None
 
 
-def _disk_section(root: Element) -> dict[str, _DeclaredDisk]:
+def _references(root: Element) -> dict[str, tuple[str | None, int | None]]:
+    """References: file id -> (href, ovf:size)."""
     files: dict[str, tuple[str | None, int | None]] = {}
     for element in _children_named(root, "References", "File"):
         file_id = _attr(element, "id")
         if file_id is not None:
             declared_size = _number(_attr(element, "size"), f"file {file_id} size")
             files[file_id] = (_attr(element, "href"), declared_size)
+    return files
+
+
+def _disk_section(root: Element) -> dict[str, _DeclaredDisk]:
+    files = _references(root)
     declared: dict[str, _DeclaredDisk] = {}
     for element in _children_named(root, "DiskSection", "Disk"):
         disk_id = _attr(element, "diskId")

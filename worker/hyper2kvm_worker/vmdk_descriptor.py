@@ -21,6 +21,7 @@ _SPARSE_HEADER = struct.Struct("<IIIQQQQIQQQ?ccccH")
 _FLAG_COMPRESSED = 1 << 16
 _FLAG_MARKERS = 1 << 17
 _NO_PARENT = 0xFFFFFFFF
+_SECTOR_SIZES = frozenset({"512", "4096"})  # the only logical sector sizes VMware makes
 _GD_AT_END = 0xFFFFFFFFFFFFFFFF  # streamOptimized: the directory follows the grains
 
 _EXTENT_LINE = re.compile(
@@ -64,6 +65,13 @@ class Descriptor:
     @property
     def virtual_size(self) -> int:
         return sum(extent.size_bytes for extent in self.extents)
+
+    @property
+    def logical_sector_size(self) -> int | None:
+        """What a 4Kn disk declares (`ddb.logicalSectorSize`); qemu-img drops it, so the
+        guest on KVM sees 512-byte sectors unless the VM is told otherwise."""
+        value = self.ddb.get("ddb.logicalSectorSize")
+        return int(value) if value is not None else None
 
     @property
     def has_parent(self) -> bool:
@@ -124,6 +132,9 @@ def parse_descriptor(text: str) -> Descriptor:
         raise DescriptorError("descriptor has no createType")
     if not extents:
         raise DescriptorError("descriptor lists no extents")
+    sector_size = ddb.get("ddb.logicalSectorSize")
+    if sector_size is not None and sector_size not in _SECTOR_SIZES:
+        raise DescriptorError(f"ddb.logicalSectorSize {sector_size[:20]!r} is not 512 or 4096")
     return Descriptor(
         create_type=values["createType"],
         extents=tuple(extents),

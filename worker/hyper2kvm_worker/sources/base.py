@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -20,12 +20,23 @@ from hyper2kvm_worker import qemu_spec
 from hyper2kvm_worker.errors import BadInput, Reason
 from hyper2kvm_worker.pinned import fd_path
 from hyper2kvm_worker.protocol import Limits
-from hyper2kvm_worker.tools import ToolRunner
+from hyper2kvm_worker.tools import CancelToken, ToolRunner
 from hyper2kvm_worker.vmdk_file import VmdkLayout
 
 RAW = "raw"
 VMDK = "vmdk"
 S = TypeVar("S", contravariant=True)
+
+
+@dataclass(frozen=True)
+class IntegrityCheck:
+    """A check of bytes the source's author recorded a digest of (an OVA's manifest), made
+    while they are converted: `verify` reads `size` bytes, polls the token, and raises
+    BadInput when they differ from the record."""
+
+    label: str  # the file it reads, for reports
+    size: int
+    verify: Callable[[CancelToken], None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class OpenedSource:
     files: tuple[Path, ...] = ()  # local files read, so that no output may replace one
     data_file: str | None = None  # the one pinned file that holds all the data, if there is
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # qemu-img info's view
+    checks: tuple[IntegrityCheck, ...] = ()  # run beside the conversion, before its commit
 
 
 class SourceDriver(Protocol, Generic[S]):
