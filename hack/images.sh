@@ -20,6 +20,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 cache="${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}"
+# shellcheck source=./cache-lock.sh
+source "$here/./cache-lock.sh"
+cache_lock images
 out="$cache/images"
 prefix="${IMAGE_PREFIX:-localhost/hyper2kvm}"
 version="${VERSION:-$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/worker/hyper2kvm_worker/__init__.py")}"

@@ -10,6 +10,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}"
+# shellcheck source=../cache-lock.sh
+source "$here/../cache-lock.sh"
+cache_lock kubevirt
 
 api_version="$(awk '$1 == "kubevirt.io/api" {print $2; exit}' "$here/go.mod")"
 [[ -n "$api_version" ]] || { echo "kubevirt/build.sh: no kubevirt.io/api in go.mod" >&2; exit 1; }

@@ -8,6 +8,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}"
+# shellcheck source=../cache-lock.sh
+source "$here/../cache-lock.sh"
+cache_lock node
 # shellcheck source=../go-env.sh
 source "$here/../go-env.sh"
 

@@ -11,6 +11,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}"
+# shellcheck source=../cache-lock.sh
+source "$here/../cache-lock.sh"
+cache_lock tools
 prometheus_operator_version=v0.85.0
 
 # shellcheck source=../go-env.sh
