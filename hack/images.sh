@@ -20,9 +20,6 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
 cache="${HYPER2KVM_CACHE:-$HOME/.cache/hyper2kvm}"
-# shellcheck source=./cache-lock.sh
-source "$here/./cache-lock.sh"
-cache_lock images
 out="$cache/images"
 prefix="${IMAGE_PREFIX:-localhost/hyper2kvm}"
 version="${VERSION:-$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$repo/worker/hyper2kvm_worker/__init__.py")}"
@@ -39,6 +36,9 @@ esac
 
 command -v buildah >/dev/null || {
   echo "images: buildah is not installed (make setup installs it from Debian)" >&2; exit 1; }
+# shellcheck source=./cache-lock.sh
+source "$here/cache-lock.sh"
+cache_lock images
 mkdir -p "$out"
 buildah=(buildah --root "$out/storage" --runroot "$out/run" --storage-driver overlay)
 
