@@ -65,11 +65,17 @@ cmd_submit() {
     fi
     phases="$(kubectl get -f "$file" --no-headers -o custom-columns=PHASE:.status.phase)"
     local done=1 failed=0 phase
+    [[ -n "$phases" ]] || done=0  # no answer is not an end
     for phase in $phases; do
       [[ " $terminal " == *" $phase "* ]] || done=0
       [[ "$phase" == Failed || "$phase" == Cancelled ]] && failed=1
     done
-    if [[ $done == 1 ]]; then return "$failed"; fi
+    if [[ $done == 1 ]]; then
+      # The job may have ended between the table above and this look: show how it ended.
+      table="$(kubectl get -f "$file" -o wide)"
+      [[ "$table" == "$last" ]] || echo "$table" | tail -n +2
+      return "$failed"
+    fi
     sleep "${INTERVAL:-2}"
   done
 }
