@@ -25,20 +25,17 @@ def serve(
     redirects: dict[str, str] | None = None,
     tls: tuple[Path, Path] | None = None,
     cookie: str | None = None,
-    outage: tuple[int, int] | None = None,
 ) -> Iterator[str]:
     """Serve `directory` on `host` at a free port; yields the base URL.
 
     `redirects` maps request paths to the URL a 302 sends the client to.
 
-    `fail_first` requests are answered 503 first: an outage that passes. `outage` (after,
-    count): after that many requests, the next `count` are answered 503, mid-copy.
+    `fail_first` requests are answered 503 first: an outage that passes.
 
     `tls` (certificate, key) serves HTTPS; with `cookie`, a request without exactly that
     Cookie header is answered 401, as vSphere answers an expired session.
     """
     failures = [fail_first]
-    seen = [0]
     lock = threading.Lock()
     # One budget for all connections: clients read in parallel (nbdkit, qemu's coroutines).
     next_send = [time.monotonic()]
@@ -51,19 +48,18 @@ def serve(
             next_send[0] = start + size / bytes_per_second
         time.sleep(max(0.0, start - time.monotonic()))
 
-    def unavailable() -> bool:
+    def outage() -> bool:
         with lock:
-            seen[0] += 1
             if failures[0] > 0:
                 failures[0] -= 1
                 return True
-            return outage is not None and outage[0] < seen[0] <= outage[0] + outage[1]
+            return False
 
     class Handler(BaseHTTPRequestHandler):
         def _target(self) -> Path | None:
             """The requested file, or None after sending the error (an outage, a 404) or a
             redirect."""
-            if unavailable():
+            if outage():
                 self.send_error(503)
                 return None
             if cookie is not None and self.headers.get("Cookie") != cookie:

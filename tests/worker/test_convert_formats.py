@@ -137,23 +137,6 @@ def test_http_source_converts(
     assert result["disks"][0]["digest"] == raw_digest(small_raw)
 
 
-def test_an_outage_in_the_middle_of_an_http_copy_costs_a_retry_not_the_disk(
-    small_raw: Path, tmp_path: Path, run_worker: RunWorker
-) -> None:
-    """Two requests refused (503) once the copy is under way: nbdkit's retry filters ride it
-    out, and the output is still proven equal to the source."""
-    served = tmp_path / "www"
-    served.mkdir()
-    to_vmdk(small_raw, served / "disk.vmdk", "monolithicSparse")
-    output = tmp_path / "http.qcow2"
-
-    with serve(served, outage=(8, 2)) as url:
-        result = convert_ok(run_worker, f"{url}/disk.vmdk", output)
-
-    assert same_content(small_raw, output, "raw", "qcow2")
-    assert result["disks"][0]["digest"] == raw_digest(small_raw)
-
-
 def test_http_missing_file_is_reported(tmp_path: Path, run_worker: RunWorker) -> None:
     with serve(tmp_path) as url:
         outcome = run_worker("convert", f"{url}/nope.vmdk", tmp_path / "x.qcow2")

@@ -148,11 +148,6 @@ def qemu_nbd_server(runner: ToolRunner, image: str, fmt: str, description: str) 
     return NbdServer(runner, command, ("qemu-nbd", "qemu-utils"), description)
 
 
-# Reopen a dropped connection (the retry filter) and retry one failed read (retry-request):
-# a long copy survives a network blip; a server that stays away still fails in about a minute.
-RETRY_FILTERS = ("retry", "retry-request")
-
-
 def curl_spec(
     url: str, user: str | None, password_file: str | None, ca_file: str | None
 ) -> ServeSpec:
@@ -165,7 +160,12 @@ def curl_spec(
         params.append(f"password=+{password_file}")  # nbdkit reads the secret from the file
     if ca_file:
         params.append(f"cainfo={ca_file}")
-    return ServeSpec(plugin="curl", params=tuple(params), filters=RETRY_FILTERS, description=url)
+    return ServeSpec(plugin="curl", params=tuple(params), description=url)
+
+
+# Reopen a dropped connection (the retry filter) and retry one failed read (retry-request):
+# a long copy survives a network blip; a server that stays away still fails in about a minute.
+RETRY_FILTERS = ("retry", "retry-request")
 
 
 def ssh_spec(
