@@ -31,10 +31,6 @@ T = TypeVar("T")
 _RETRIED_STATUSES = {429, 500, 502, 503, 504}
 
 
-class SecretUnusable(Exception):
-    """A Secret a resource names cannot be used: missing, or not marked for migrations."""
-
-
 class Refused(Exception):
     """The API server refused to create an object; `message` is its own words."""
 
@@ -155,25 +151,20 @@ class KubeApi:
         meta = secret.metadata
         return dict((meta.labels if meta is not None else None) or {})
 
-    async def marked_secret(self, namespace: str, name: str, label: str) -> dict[str, str]:
-        """The decoded data of a Secret its owner marked with `label`=true for migrations.
-        Raises SecretUnusable, saying why, when it is missing or not marked."""
+    async def secret(
+        self, namespace: str, name: str
+    ) -> tuple[dict[str, str], dict[str, str]] | None:
+        """A Secret's labels and decoded data; None when it does not exist."""
         try:
             secret = await _call(self._core.read_namespaced_secret, name, namespace)
         except ApiException as error:
             if error.status == 404:
-                raise SecretUnusable(
-                    f"Secret {name} does not exist in namespace {namespace}"
-                ) from None
+                return None
             raise
-        labels = (secret.metadata.labels if secret.metadata is not None else None) or {}
-        if labels.get(label) != "true":
-            raise SecretUnusable(
-                f"Secret {name} is not marked for migrations: label it {label}=true "
-                "(policy.credentialLabel)"
-            )
-        return {key: base64.b64decode(value).decode("utf-8", "replace")
+        labels = dict((secret.metadata.labels if secret.metadata is not None else None) or {})
+        data = {key: base64.b64decode(value).decode("utf-8", "replace")
                 for key, value in (secret.data or {}).items()}  # fmt: skip
+        return labels, data
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hyper2kvm_operator import conditions as cond
-from hyper2kvm_operator import provider_api
+from hyper2kvm_operator import provider_api, tenancy
 from hyper2kvm_operator.job_state import Operator
-from hyper2kvm_operator.kube import SecretUnusable
 from hyper2kvm_operator.vsphere import client
 from hyper2kvm_operator.vsphere.errors import Reason, VSphereError
 
@@ -117,18 +116,25 @@ def provider_status(
     return {**facts, "lastChecked": now, "observedGeneration": generation, "conditions": conditions}
 
 
+async def _marked_secret(op: Operator, namespace: str, name: str) -> dict[str, str]:
+    """The provider Secret's data, only when its owner marked it for migrations."""
+    found = await op.kube.secret(namespace, name)
+    labels, data = found if found is not None else (None, {})
+    label = op.settings.policy.credential_label
+    refusal = tenancy.unmarked_secret(name, namespace, labels, label, "to let providers log in")
+    if refusal:
+        raise CheckFailed(cond.CREDENTIALS_REFUSED, refusal)
+    return data
+
+
 async def check(op: Operator, body: Mapping[str, Any], probe: Probe) -> None:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     outcome: ServerFacts | CheckFailed
     try:
         spec = provider_api.VSphereProviderSpec.model_validate(body.get("spec") or {})
-        label = op.settings.policy.credential_label
-        secret = await op.kube.marked_secret(namespace, spec.credentialsSecretRef.name, label)
-        login = login_of(spec, secret)
+        login = login_of(spec, await _marked_secret(op, namespace, spec.credentialsSecretRef.name))
         outcome = await asyncio.wait_for(asyncio.to_thread(probe, login), CHECK_TIMEOUT_SECONDS)
-    except SecretUnusable as error:
-        outcome = CheckFailed(cond.CREDENTIALS_REFUSED, str(error))
     except CheckFailed as error:
         outcome = error
     except TimeoutError:

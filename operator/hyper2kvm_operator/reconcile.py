@@ -274,19 +274,15 @@ async def ensure_pod(op: Operator, body: Body, attempt: int, node: str) -> bool:
 
 
 async def _credentials_problem(op: Operator, namespace: str, secrets: tuple[str, ...]) -> str:
-    """Why a Secret a source names may not be handed to the worker, or "" when all may.
-    Only Secrets their owner marked for this use are: any other Secret of the namespace
-    (a service's password) would otherwise reach a server of the job's choosing."""
+    """Why a Secret a source names may not be handed to the worker, or "" when all may."""
     label = op.settings.policy.credential_label
     for secret in secrets:
         labels = await op.kube.secret_labels(namespace, secret)
-        if labels is None:
-            return f"Secret {secret} does not exist in namespace {namespace}"
-        if labels.get(label) != "true":
-            return (
-                f"Secret {secret} is not marked for migrations: label it {label}=true "
-                "(policy.credentialLabel) to let sources send its credentials"
-            )
+        refusal = tenancy.unmarked_secret(
+            secret, namespace, labels, label, "to let sources send its credentials"
+        )
+        if refusal:
+            return refusal
     return ""
 
 

@@ -155,6 +155,22 @@ class Violation:
         return f"{self.message} (policy.{self.rule})"
 
 
+def unmarked_secret(
+    name: str, namespace: str, labels: Mapping[str, str] | None, label: str, use: str
+) -> str:
+    """Why Secret `name` may not be used for `use`, or "" when it may. Only Secrets their
+    owner marked (`label`=true) are: any other Secret of the namespace (a service's password)
+    would otherwise reach a server of the job's or the provider's choosing."""
+    if labels is None:
+        return f"Secret {name} does not exist in namespace {namespace}"
+    if labels.get(label) != "true":
+        return (
+            f"Secret {name} is not marked for migrations: label it {label}=true "
+            f"(policy.credentialLabel) {use}"
+        )
+    return ""
+
+
 def violations(namespace: str, spec: api.MigrationJobSpec, policy: Policy) -> list[Violation]:
     """Every rule `spec` breaks, in the order a person would fix them."""
     found = list(_host_path_violations(namespace, spec, policy))

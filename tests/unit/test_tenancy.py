@@ -154,3 +154,14 @@ def test_the_clusters_own_ranges_are_denied_to_http_sources_and_their_egress() -
     assert {"10.96.0.0/12", "10.244.1.0/24", "169.254.0.0/16"} <= set(limits.http_deny)
     (block,) = network_policy.egress_blocks(rules)
     assert block["ipBlock"] == {"cidr": "10.0.0.0/8", "except": ["10.244.1.0/24", "10.96.0.0/12"]}
+
+
+def test_only_a_secret_its_owner_marked_may_be_used() -> None:
+    label = "hyper2kvm.io/credentials"
+    assert tenancy.unmarked_secret("db", "team-a", None, label, "for x") == (
+        "Secret db does not exist in namespace team-a"
+    )
+    refusal = tenancy.unmarked_secret("db", "team-a", {label: "yes"}, label, "for x")
+    assert refusal.startswith("Secret db is not marked for migrations: label it")
+    assert refusal.endswith("(policy.credentialLabel) for x")
+    assert tenancy.unmarked_secret("db", "team-a", {label: "true"}, label, "for x") == ""
