@@ -110,6 +110,19 @@ def test_a_flat_extent_converts_and_verifies(
     assert_converted(outcome, tmp_path / "out" / "d.qcow2", disk)
 
 
+def test_an_extent_of_another_size_than_the_disk_is_refused(
+    vcsim: Vcsim, folder: str, cookie: Path, disk: Path, tmp_path: Path
+) -> None:
+    """A truncated or swapped extent is never converted as if it were the disk."""
+    size = disk.stat().st_size
+    wrong = source(vcsim, f"{folder}/vm-flat.vmdk", cookie, size=size + MiB)
+    outcome = run_job(tmp_path, wrong)
+    assert_one_line_error(outcome, PERMANENT, "InvalidImage")
+    assert f"is {size} bytes; vSphere describes the disk as {size + MiB} bytes" in outcome.stderr
+    right = run_job(tmp_path / "right", source(vcsim, f"{folder}/vm-flat.vmdk", cookie, size=size))
+    assert_converted(right, tmp_path / "right" / "out" / "d.qcow2", disk)
+
+
 def test_a_descriptor_is_followed_to_its_flat_extent(
     vcsim: Vcsim, folder: str, cookie: Path, disk: Path, tmp_path: Path
 ) -> None:

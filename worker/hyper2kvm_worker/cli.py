@@ -18,7 +18,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
@@ -49,11 +49,21 @@ from hyper2kvm_worker.protocol import (
 )
 from hyper2kvm_worker.tools import CancelToken, ToolRunner
 
+if TYPE_CHECKING:
+    from hyper2kvm_worker.sources.vsphere_session import Session
+
 PROG = "hyper2kvm-worker"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # `convert SRC --format raw DST`: argparse fills optional positionals (none with --vm)
+    # from the first run of them only; a destination after options comes back unparsed.
+    if args.command == "convert" and not args.destination and extra and extra[0][:1] != "-":
+        args.destination = extra.pop(0)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     cancel = CancelToken()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: cancel.cancel())
@@ -77,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect.set_defaults(handler=_inspect)
 
     convert = commands.add_parser("convert", help="convert a VMDK to qcow2 or raw, verified")
-    convert.add_argument("source", help=SOURCE_HELP)
-    convert.add_argument("destination", help="output file; written only when complete")
+    convert.add_argument("source", nargs="?", help=SOURCE_HELP)
+    convert.add_argument("destination", nargs="?", help="output file; written only when complete")
     convert.add_argument("--format", choices=[f.value for f in OutputFormat], default="qcow2")
     convert.add_argument("--compression", choices=[c.value for c in Compression], default="none")
     convert.add_argument("--preallocation", choices=[p.value for p in Preallocation], default="off")
@@ -87,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
     convert.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
     _remote_options(convert)
+    whole = convert.add_argument_group("a whole vSphere VM (instead of a source and destination)")
+    whole.add_argument("--vm", metavar="NAME", help="convert every disk of the VM of this name")
+    whole.add_argument(
+        "-o", "--output-dir", metavar="DIR", type=Path, help="for NAME-disk-N.FORMAT"
+    )
     convert.set_defaults(handler=_convert)
 
     fix = commands.add_parser(
@@ -145,35 +160,42 @@ def _remote_options(parser: argparse.ArgumentParser) -> None:
     vsphere.add_argument("--vsphere", metavar="URL", help="https://HOST[:PORT] of vCenter or ESXi")
     vsphere.add_argument("--user", help="vSphere user name")
     vsphere.add_argument("--password-file", type=Path, help="file holding the vSphere password")
-    vsphere.add_argument("--datacenter", help="the datastore's datacenter (its inventory path)")
+    vsphere.add_argument(
+        "--datacenter", help="the datastore's datacenter (its inventory path); with --vm, optional"
+    )
     trust = vsphere.add_mutually_exclusive_group()
     trust.add_argument("--ca-file", help="CA certificate(s) the server's certificate is signed by")
     trust.add_argument("--insecure", action="store_true", help="do not verify the certificate")
 
 
+Login = tuple["Session", str]  # a vSphere session and the file holding its cookie
+
+
 @contextlib.contextmanager
-def _vsphere_session(args: argparse.Namespace) -> Iterator[str | None]:
-    """With --vsphere: log in, yield the file holding the session cookie, log out."""
+def _vsphere_session(args: argparse.Namespace) -> Iterator[Login | None]:
+    """With --vsphere: log in, yield the session and its cookie's file, log out."""
     if not getattr(args, "vsphere", None):
         yield None
         return
     missing = [flag for flag, value in (("--user", args.user), ("--datacenter", args.datacenter),
                ("--password-file", args.password_file)) if not value]  # fmt: skip
+    if getattr(args, "vm", None):  # found with the VM
+        missing = [flag for flag in missing if flag != "--datacenter"]
     if missing:
         raise BadInput(Reason.INVALID_JOB, f"--vsphere needs {', '.join(missing)}")
     from hyper2kvm_worker.sources import vsphere_session  # urllib and ssl load slowly
 
-    with vsphere_session.cookie_file(
+    with vsphere_session.logged_in(
         args.vsphere, args.user, args.password_file, args.ca_file, args.insecure
-    ) as cookie:
-        yield cookie
+    ) as login:
+        yield login
 
 
-def _in_session(args: argparse.Namespace, work: Callable[[str | None], int]) -> int:
+def _in_session(args: argparse.Namespace, work: Callable[[Login | None], int]) -> int:
     try:
-        with _vsphere_session(args) as cookie:
-            return work(cookie)
-    except WorkerError as error:  # logging in or out; the job's own failures are results
+        with _vsphere_session(args) as login:
+            return work(login)
+    except WorkerError as error:  # logging in or out, finding a VM; a job's failures are results
         return _fail(error.message, error.reason, error.exit_code)
 
 
@@ -198,14 +220,21 @@ def source_from_argument(
     return FileSource(root=str(path.parent), path=path.name)
 
 
-def _datastore_source(value: str, args: argparse.Namespace, cookie_file: str) -> Source:
+def _datastore_source(
+    value: str, args: argparse.Namespace, cookie_file: str, datacenter: str | None = None,
+    extent_size: int | None = None,
+) -> Source:  # fmt: skip
+    """`value` is '[DATASTORE] PATH'; with `extent_size`, a flat extent vSphere named: raw
+    whatever its name, and of the disk's size or refused."""
     found = re.fullmatch(r"\[(?P<datastore>[^\]]+)\]\s*(?P<path>.+)", value)
     if found is None:
         raise ValueError("give the file as '[DATASTORE] FOLDER/FILE.vmdk'")
     ca_file = str(Path(args.ca_file).absolute()) if args.ca_file else None
-    return VSphereSource(url=args.vsphere, datacenter=args.datacenter, path=found["path"],
-                         datastore=found["datastore"], cookie_file=cookie_file,
-                         ca_file=ca_file, insecure=args.insecure)  # fmt: skip
+    return VSphereSource(url=args.vsphere, datacenter=datacenter or args.datacenter,
+                         path=found["path"], datastore=found["datastore"], cookie_file=cookie_file,
+                         ca_file=ca_file, insecure=args.insecure,
+                         format="raw" if extent_size is not None else None,
+                         size=extent_size)  # fmt: skip
 
 
 def _ssh_source(value: str, args: argparse.Namespace) -> Source:
@@ -264,26 +293,55 @@ def _paint(runner: JobRunner, stop: threading.Event) -> None:
     print("\r" + console.progress_line(runner.board.snapshot()), end="", file=sys.stderr)
 
 
+DiskPlan = tuple[str, Source, Path | None]  # a disk's name, its source, its output file
+
+
 def _single_job(
     args: argparse.Namespace, operation: Operation, cookie_file: str | None = None
 ) -> Job | int:
-    try:
+    def disks() -> list[DiskPlan]:
         source = source_from_argument(args.source, args.ova_disk, args, cookie_file)
-        output = None
-        if operation is Operation.CONVERT or getattr(args, "destination", None):
-            destination = Path(args.destination).absolute()
-            output = Output(
-                root=str(destination.parent),
-                path=destination.name,
-                format=OutputFormat(args.format),
-                compression=Compression(args.compression),
-                preallocation=Preallocation(args.preallocation),
-                overwrite=args.overwrite,
-            )
+        writes = operation is Operation.CONVERT or getattr(args, "destination", None)
+        return [("disk", source, Path(args.destination) if writes else None)]
+
+    return _job(args, operation, Path(args.source).name or "disk", disks)
+
+
+def _vm_job(args: argparse.Namespace, login: Login) -> Job | int:
+    """Every disk of the VM --vm names, each from its flat extent to OUTDIR/NAME-disk-N.FORMAT."""
+    from hyper2kvm_worker.sources import vsphere_inventory
+
+    session, cookie_file = login
+    vm = vsphere_inventory.find_vm(session, args.vm, args.datacenter)
+    stem = _file_stem(vm.name)
+
+    def disks() -> list[DiskPlan]:
+        return [
+            (f"disk-{number}",
+             _datastore_source(disk.extent or "", args, cookie_file, vm.datacenter,
+                               disk.capacity_bytes),
+             args.output_dir / f"{stem}-disk-{number}.{args.format}")
+            for number, disk in enumerate(vm.disks, 1)
+        ]  # fmt: skip
+
+    return _job(args, Operation.CONVERT, stem, disks)
+
+
+def _file_stem(name: str) -> str:
+    """A VM's name as the start of a file name: no separators, spaces or leading dots."""
+    stem = re.sub(r"[^\w.-]+", "_", name).strip("._-")
+    return stem.encode()[:200].decode(errors="ignore") or "vm"
+
+
+def _job(
+    args: argparse.Namespace, operation: Operation, name: str, disks: Callable[[], list[DiskPlan]]
+) -> Job | int:
+    """The job of `disks`, with the command line's options; refused in one line if invalid."""
+    try:
         return Job(
-            name=Path(args.source).name or "disk",
+            name=name,
             operation=operation,
-            disks=[Disk(name="disk", source=source, output=output)],
+            disks=[Disk(name=n, source=s, output=_output(args, o)) for n, s, o in disks()],
             verify=not getattr(args, "no_verify", False),
             fix=_fix_options(args) if operation is Operation.OFFLINE_FIX else FixOptions(),
         )
@@ -292,6 +350,20 @@ def _single_job(
         return _fail(first["msg"].removeprefix("Value error, "), Reason.INVALID_JOB, 3)
     except ValueError as error:
         return _fail(str(error), Reason.INVALID_JOB, ExitCode.PERMANENT)
+
+
+def _output(args: argparse.Namespace, destination: Path | None) -> Output | None:
+    if destination is None:
+        return None
+    destination = destination.absolute()
+    return Output(
+        root=str(destination.parent),
+        path=destination.name,
+        format=OutputFormat(args.format),
+        compression=Compression(args.compression),
+        preallocation=Preallocation(args.preallocation),
+        overwrite=args.overwrite,
+    )
 
 
 def _fix_options(args: argparse.Namespace) -> FixOptions:
@@ -315,7 +387,7 @@ def _report_failure(result: Result) -> int:
 
 
 def _inspect(args: argparse.Namespace, cancel: CancelToken) -> int:
-    return _in_session(args, lambda cookie: _inspect_in(args, cancel, cookie))
+    return _in_session(args, lambda login: _inspect_in(args, cancel, login[1] if login else None))
 
 
 def _inspect_in(args: argparse.Namespace, cancel: CancelToken, cookie: str | None) -> int:
@@ -334,18 +406,26 @@ def _inspect_in(args: argparse.Namespace, cancel: CancelToken, cookie: str | Non
 
 
 def _convert(args: argparse.Namespace, cancel: CancelToken) -> int:
-    return _in_session(args, lambda cookie: _convert_in(args, cancel, cookie))
+    if args.vm is None and (not (args.source and args.destination) or args.output_dir):
+        usage = "give a source and a destination (or --vsphere URL --vm NAME -o DIR)"
+        return _fail(usage, Reason.INVALID_JOB, ExitCode.USAGE)
+    if args.vm is not None and (not (args.vsphere and args.output_dir) or args.source):
+        usage = "--vm needs --vsphere and --output-dir, and no source or destination"
+        return _fail(usage, Reason.INVALID_JOB, ExitCode.USAGE)
+    return _in_session(args, lambda login: _convert_in(args, cancel, login))
 
 
-def _convert_in(args: argparse.Namespace, cancel: CancelToken, cookie: str | None) -> int:
-    job = _single_job(args, Operation.CONVERT, cookie)
+def _convert_in(args: argparse.Namespace, cancel: CancelToken, login: Login | None) -> int:
+    if args.vm is not None and login is not None:
+        job = _vm_job(args, login)
+    else:
+        job = _single_job(args, Operation.CONVERT, login[1] if login else None)
     if isinstance(job, int):
         return job
     result, _ = _execute_single(job, cancel, args.json)
     if result.state is not JobState.SUCCEEDED:
         return _report_failure(result)
-    if not args.json:
-        disk = result.disks[0]
+    for disk in result.disks if not args.json else []:
         print(
             f"{disk.output}: {disk.format}, {console.human_bytes(disk.virtual_size)} virtual, "
             f"{console.human_bytes(disk.file_size)} on disk"

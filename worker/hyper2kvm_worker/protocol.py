@@ -184,6 +184,12 @@ class VSphereSource(_Model):
     format: RemoteFormat | None = Field(
         default=None, description="raw or vmdk; default raw for a -flat.vmdk, else vmdk"
     )
+    size: int | None = Field(
+        default=None,
+        ge=0,
+        le=1 << 62,
+        description="the file's size as vSphere describes the disk; any other size is refused",
+    )
 
     _names = field_validator("datacenter", "datastore")(check_label)
 

@@ -91,6 +91,11 @@ class _Datastore:
                 f"{where}: the server redirects to {http_probe.shown(found)}; name the host "
                 "that serves the datastore",
             )
+        if source.size is not None and path == source.path and found != source.size:
+            raise BadInput(
+                Reason.INVALID_IMAGE,
+                f"{where} is {found} bytes; vSphere describes the disk as {source.size} bytes",
+            )
         return found
 
     def serve(self, path: str) -> nbdkit.NbdServer:

@@ -3,7 +3,9 @@ file, hand the worker only the session cookie (in a private file), log out at th
 
 Two SOAP calls to `/sdk` with the standard library (RetrieveServiceContent to find the
 session manager, then Login; Logout at the end): the worker needs no vSphere SDK. In a
-cluster the operator logs in and the worker gets the cookie alone.
+cluster the operator logs in and the worker gets the cookie alone. `soap_call` makes any
+other call in the session (vsphere_inventory.py finds a VM with it). Replies are bounded
+in size and parsed with defusedxml: no DTD entities from a server are expanded.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
+
+import defusedxml
+import defusedxml.ElementTree
 
 from hyper2kvm_worker.errors import BadInput, Reason, TransientFailure
 
@@ -52,8 +57,17 @@ def tls_context(ca_file: str | None, insecure: bool) -> ssl.SSLContext:
 def cookie_file(
     url: str, user: str, password_file: Path, ca_file: str | None, insecure: bool
 ) -> Iterator[str]:
-    """Log in, yield a file (mode 0600, in a private directory) holding the session
-    cookie, log out and remove it when the block ends."""
+    """As logged_in, yielding the cookie's file alone."""
+    with logged_in(url, user, password_file, ca_file, insecure) as (_, path):
+        yield path
+
+
+@contextlib.contextmanager
+def logged_in(
+    url: str, user: str, password_file: Path, ca_file: str | None, insecure: bool
+) -> Iterator[tuple[Session, str]]:
+    """Log in, yield the session and a file (mode 0600, in a private directory) holding its
+    cookie, log out and remove the file when the block ends."""
     try:
         password = password_file.read_text(encoding="utf-8").removesuffix("\n")
     except (OSError, UnicodeDecodeError) as error:
@@ -66,7 +80,7 @@ def cookie_file(
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as stream:
                 stream.write(session.cookie)
-            yield str(path)
+            yield session, str(path)
     finally:
         logout(session)
 
@@ -111,6 +125,13 @@ def logout(session: Session) -> None:
         _call(session.url, body, session.context, cookie=session.cookie)
 
 
+def soap_call(session: Session, body: str) -> ET.Element:
+    """One SOAP call (`body`: the element inside soapenv:Body) in the session; the reply's
+    envelope. Faults are raised as _call raises them."""
+    reply, _ = _call(session.url, body, session.context, cookie=session.cookie)
+    return reply
+
+
 def _call(
     base: str, body: str, context: ssl.SSLContext, cookie: str | None = None
 ) -> tuple[ET.Element, str | None]:
@@ -126,7 +147,7 @@ def _call(
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _Stay())
     try:
         with opener.open(request, timeout=TIMEOUT_SECONDS) as reply:
-            text = reply.read(_MAX_REPLY)
+            text = reply.read(_MAX_REPLY + 1)
             cookies = reply.headers.get_all("Set-Cookie") or []
     except urllib.error.HTTPError as error:
         fault = _fault(error.read(_MAX_REPLY))
@@ -140,20 +161,22 @@ def _call(
         if isinstance(why, ssl.SSLCertVerificationError):
             raise BadInput(Reason.UNTRUSTED_SERVER, f"{base}: {why}") from None
         raise TransientFailure(Reason.SOURCE_UNREACHABLE, f"{base}/sdk: {why}") from None
+    if len(text) > _MAX_REPLY:  # the same question gets the same answer: not worth a retry
+        raise BadInput(Reason.UNSUPPORTED, f"{base}/sdk: a reply of more than {_MAX_REPLY} bytes")
     session = next(
         (c.split(";", 1)[0].strip() for c in cookies if c.startswith("vmware_soap_session=")),
         None,
     )
     try:
-        return ET.fromstring(text), session  # noqa: S314 - a bounded reply from the server we log in to
-    except ET.ParseError:
+        return defusedxml.ElementTree.fromstring(text), session
+    except (ET.ParseError, defusedxml.DefusedXmlException):
         raise TransientFailure(Reason.SOURCE_UNREACHABLE, f"{base}/sdk: not a SOAP reply") from None
 
 
 def _fault(text: bytes) -> str:
     try:
-        root = ET.fromstring(text)  # noqa: S314 - bounded, from the server we log in to
-    except ET.ParseError:
+        root = defusedxml.ElementTree.fromstring(text)
+    except (ET.ParseError, defusedxml.DefusedXmlException):
         return ""
     found = next((node.text for node in root.iter() if node.tag.endswith("faultstring")), None)
     return (found or "").strip()[:300]
