@@ -13,7 +13,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 # Operations and output options are the worker's own: the CRD offers what the worker does.
-from hyper2kvm_worker.protocol import Compression, Operation, OutputFormat, Preallocation
+from hyper2kvm_worker.protocol import (
+    Compression,
+    Operation,
+    OutputFormat,
+    Preallocation,
+    RemoteFormat,
+)
 
 GROUP = "hyper2kvm.io"
 VERSION = "v1alpha1"
@@ -99,6 +105,31 @@ class HttpSource(_Api):
     )
 
 
+class SshSource(_Api):
+    """A disk on an SSH server: ESXi's datastores under /vmfs/volumes, read over SFTP."""
+
+    host: str = Field(
+        max_length=253,
+        pattern=r"^([A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f.]*:[0-9A-Fa-f:.]{1,44})$",
+        description="the server's name or address",
+    )
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(default="root", max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]*$")
+    path: str = Field(
+        min_length=7,
+        max_length=4096,
+        description="the disk on the server: a -flat.vmdk, or a descriptor beside its extent",
+        json_schema_extra=_rules(*ABSOLUTE_PATH_RULES),
+    )
+    secretRef: SecretRef = Field(
+        description="Secret with keys identity (a private key) and known_hosts (the server's "
+        "host key, pinned: it is never skipped); labelled hyper2kvm.io/credentials=true"
+    )
+    format: RemoteFormat | None = Field(
+        default=None, description="raw or vmdk; default raw for a -flat.vmdk, else vmdk"
+    )
+
+
 class OvaSource(_Api):
     pvc: PvcFile | None = None
     hostPath: HostPathFile | None = None
@@ -114,9 +145,12 @@ class DiskSource(_Api):
     hostPath: HostPathFile | None = None
     http: HttpSource | None = None
     ova: OvaSource | None = None
+    ssh: SshSource | None = None
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(_exactly_one(["pvc", "hostPath", "http", "ova"], "a disk source"))
+        json_schema_extra=_rules(
+            _exactly_one(["pvc", "hostPath", "http", "ova", "ssh"], "a disk source")
+        )
     )
 
 
@@ -133,33 +167,116 @@ class HostPathDirectory(_Api):
     )
 
 
-class DiskOutput(_Api):
+_OUTPUT_RULES = (
+    _exactly_one(["pvc", "hostPath"], "an output"),
+    {
+        "rule": "self.format == 'qcow2' || self.compression == 'none'",
+        "message": "compression needs format qcow2",
+    },
+    {
+        "rule": "self.format == 'qcow2' || self.preallocation != 'metadata'",
+        "message": "preallocation metadata needs format qcow2",
+    },
+)
+
+
+class _OutputOptions(_Api):
     pvc: PvcVolume | None = None
     hostPath: HostPathDirectory | None = None
+    format: OutputFormat = OutputFormat.QCOW2
+    compression: Compression = Compression.NONE
+    preallocation: Preallocation = Preallocation.OFF
+    overwrite: bool = False
+
+
+class DiskOutput(_OutputOptions):
     path: str = Field(
         min_length=1,
         max_length=4096,
         description="output file inside the volume",
         json_schema_extra=_rules(*RELATIVE_PATH_RULES),
     )
-    format: OutputFormat = OutputFormat.QCOW2
-    compression: Compression = Compression.NONE
-    preallocation: Preallocation = Preallocation.OFF
-    overwrite: bool = False
+
+    model_config = ConfigDict(json_schema_extra=_rules(*_OUTPUT_RULES))
+
+
+OUTPUT_PLACEHOLDERS = ("{vm}", "{disk}", "{format}")
+DEFAULT_OUTPUT_PATH = "{vm}-{disk}.{format}"
+
+
+class VmOutput(_OutputOptions):
+    """Where the disks of a VM the operator found go: one file per disk, named by `path`."""
+
+    path: str = Field(
+        default=DEFAULT_OUTPUT_PATH,
+        min_length=1,
+        max_length=1024,
+        description="the naming rule for each disk's file inside the volume: {vm} is the VM's "
+        "name (made safe for a file name), {disk} the disk's name in the job (disk-1, disk-2, "
+        "... in the VM's device order), {format} the output format",
+        json_schema_extra=_rules(
+            *RELATIVE_PATH_RULES,
+            {"rule": "self.contains('{disk}')", "message": "path needs {disk}: one file per disk"},
+            {
+                "rule": "!self.replace('{vm}', '').replace('{disk}', '')"
+                ".replace('{format}', '').matches('[{}]')",
+                "message": "path may hold only the placeholders {vm}, {disk} and {format}",
+            },
+        ),
+    )
+
+    model_config = ConfigDict(json_schema_extra=_rules(*_OUTPUT_RULES))
+
+
+class VmSelector(_Api):
+    name: str | None = Field(default=None, min_length=1, max_length=80, description="the VM's name")
+    uuid: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$",
+        description="its instance UUID (or BIOS UUID)",
+    )
+    moref: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,63}$",
+        description='its managed object id, e.g. "vm-42"',
+    )
 
     model_config = ConfigDict(
-        json_schema_extra=_rules(
-            _exactly_one(["pvc", "hostPath"], "an output"),
-            {
-                "rule": "self.format == 'qcow2' || self.compression == 'none'",
-                "message": "compression needs format qcow2",
-            },
-            {
-                "rule": "self.format == 'qcow2' || self.preallocation != 'metadata'",
-                "message": "preallocation metadata needs format qcow2",
-            },
-        )
+        json_schema_extra=_rules(_exactly_one(["name", "uuid", "moref"], "vm"))
     )
+
+
+class PowerOff(enum.StrEnum):
+    SHUTDOWN = "shutdown"
+    FORCE = "force"
+
+
+class VSphereVmSource(_Api):
+    provider: str = Field(
+        min_length=1,
+        max_length=253,
+        description="a VSphereProvider in the job's namespace",
+    )
+    vm: VmSelector
+    datacenter: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="the datacenter's name or inventory path; default: any",
+    )
+    powerOff: PowerOff | None = Field(
+        default=None,
+        description="stop a powered-on VM before its disks are read: shutdown (the guest "
+        "shuts down; powered off after shutdownGraceSeconds) or force; unset: a powered-on "
+        "VM is refused",
+    )
+    shutdownGraceSeconds: int = Field(default=300, ge=10, le=3600)
+
+
+class JobSource(_Api):
+    """A whole VM, whose disks the operator finds itself."""
+
+    vsphere: VSphereVmSource
 
 
 class Disk(_Api):
@@ -217,10 +334,18 @@ class Resources(_Api):
 class MigrationJobSpec(_Api):
     operation: Operation
     disks: list[Disk] = Field(
+        default_factory=list,
         min_length=1,
         max_length=16,
+        description="the disks to migrate, each with its source; or give source instead",
         # A list keyed by name: the API server itself refuses two disks with one name.
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    source: JobSource | None = Field(
+        default=None, description="a whole VM to migrate, instead of a list of disks"
+    )
+    output: VmOutput | None = Field(
+        default=None, description="where the disks of source go (one file per disk)"
     )
     placement: Placement | None = None
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
@@ -234,7 +359,16 @@ class MigrationJobSpec(_Api):
     model_config = ConfigDict(
         json_schema_extra=_rules(
             {
-                "rule": "self.operation == 'inspect' || self.disks.all(d, has(d.output))"
+                "rule": "has(self.disks) != has(self.source)",
+                "message": "name the disks, or a source whose disks the operator finds; not both",
+            },
+            {
+                "rule": "!has(self.output) || has(self.source)",
+                "message": "output is for the disks of source; a listed disk has its own",
+            },
+            {
+                "rule": "self.operation == 'inspect'"
+                " || (has(self.disks) ? self.disks.all(d, has(d.output)) : has(self.output))"
                 " || (self.operation == 'offline_fix' && has(self.fix) && self.fix.dryRun)",
                 "message": "convert and offline_fix need an output for every disk "
                 "(only an offline_fix dry run writes nothing)",
@@ -281,6 +415,64 @@ class DiskStatus(_Api):
     )
 
 
+class VmController(_Api):
+    key: int
+    kind: str = Field(description="pvscsi, lsilogic, lsilogic-sas, buslogic, sata, nvme, ide")
+    bus: int
+    sharing: str = Field(description="SCSI bus sharing: noSharing, virtualSharing, ...")
+
+
+class VmDisk(_Api):
+    name: str = Field(description="the disk's name in this job (disk-1, disk-2, ...)")
+    label: str = Field(description='as vSphere names it, e.g. "Hard disk 1"')
+    capacityBytes: int
+    datastore: str | None = None
+    file: str | None = Field(default=None, description='its descriptor, "[ds] dir/name.vmdk"')
+    extent: str | None = Field(default=None, description="the file its bytes are read from")
+    controller: int | None = Field(default=None, description="a controller's key")
+    unit: int | None = None
+    mode: str | None = Field(default=None, description="persistent, independent_persistent, ...")
+
+
+class VmNic(_Api):
+    label: str
+    model: str = Field(description="vmxnet3, e1000e, e1000, ...")
+    mac: str | None = None
+    network: str | None = None
+
+
+class VmStopped(_Api):
+    how: str = Field(description="AlreadyOff, GuestShutdown or PowerOff")
+    time: str
+    note: str | None = Field(default=None, description="why a shutdown became a power-off")
+
+
+class SourceVm(_Api):
+    """The VM as vSphere described it before any copy."""
+
+    provider: str
+    moref: str
+    name: str
+    datacenter: str
+    host: str | None = Field(default=None, description="the ESXi host it is registered on")
+    biosUuid: str | None = None
+    instanceUuid: str | None = None
+    powerState: str | None = Field(default=None, description="when it was found")
+    cpus: int | None = None
+    coresPerSocket: int | None = None
+    memoryMiB: int | None = None
+    firmware: str | None = Field(default=None, description="bios or efi")
+    secureBoot: bool = False
+    guestId: str | None = None
+    hardwareVersion: str | None = None
+    controllers: list[VmController] | None = Field(default=None, max_length=64)
+    disks: list[VmDisk] | None = Field(default=None, max_length=64)
+    nics: list[VmNic] | None = Field(default=None, max_length=64)
+    stopped: VmStopped | None = Field(
+        default=None, description="how and when the operator stopped it"
+    )
+
+
 class MigrationJobStatus(_Api):
     phase: Phase | None = None
     reason: str | None = None
@@ -299,6 +491,7 @@ class MigrationJobStatus(_Api):
     retryAfter: str | None = None
     observedGeneration: int | None = None
     disks: list[DiskStatus] | None = None
+    vm: SourceVm | None = Field(default=None, description="the source VM, as found")
     conditions: list[Condition] | None = None
     history: list[PhaseTransition] | None = Field(default=None, max_length=32)
 
@@ -312,7 +505,9 @@ def _unchanged(name: str, *, optional: bool) -> str:
 
 _FROZEN_FIELDS = {  # everything but cancel and priority; optional fields may be absent
     "operation": False,
-    "disks": False,
+    "disks": True,
+    "source": True,
+    "output": True,
     "verify": False,
     "retries": False,
     "timeoutSeconds": False,

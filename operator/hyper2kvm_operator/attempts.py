@@ -12,7 +12,7 @@ import kopf
 from pydantic import ValidationError
 
 from hyper2kvm_operator import conditions as cond
-from hyper2kvm_operator import policy, status, worker_pod
+from hyper2kvm_operator import policy, status, vsphere_jobs, worker_pod
 from hyper2kvm_operator.api import MigrationJobSpec, Phase
 from hyper2kvm_operator.job_state import (
     Body,
@@ -61,6 +61,8 @@ async def follow_attempt(
     finally:
         if phase_of(op, body) not in status.ACTIVE:
             op.reservations.pop(key_of(body), None)  # the attempt ended: its slot is free
+            if body["spec"].get("source"):
+                await vsphere_jobs.end(op, body)
 
 
 async def _follow_attempt(
@@ -108,8 +110,14 @@ async def _follow_attempt(
         elif (terminated := _terminated(pod)) is not None and _ended(pod):
             await finish(op, body, terminated, _memory_limit(pod), logger)
             return
+        elif op.sessions_lost.get(key) == attempt:
+            await stop_pod(op, body, pod_name)
+            await retry_or_fail(op, body, cond.SESSION_EXPIRED, vsphere_jobs.SESSION_LOST)
+            return
         else:
             last_written = await mirror(op, body, pod, last_written)
+            if body["spec"].get("source"):
+                vsphere_jobs.keep_alive_soon(op, body)
         await op.pause(key, op.settings.status_interval_seconds)
 
 

@@ -66,3 +66,13 @@ def set_condition(
 
 def find(conditions: list[dict[str, Any]], kind: str) -> dict[str, Any] | None:
     return next((c for c in conditions if c.get("type") == kind), None)
+
+
+# A job whose source is a VM in vSphere (and the vSphere client's reasons: InvalidLogin, ...).
+PROVIDER_NOT_FOUND = "ProviderNotFound"  # source.vsphere.provider names no VSphereProvider
+VM_NOT_FOUND = "VMNotFound"
+POWERED_ON = "PoweredOn"  # the VM runs and the job did not ask to stop it
+POWERED_OFF = "PoweredOff"  # an Event: the operator stopped the VM
+VM_CHANGED = "VMChanged"  # its disks are not those the job was admitted with
+NO_DISKS = "NoDisks"
+SESSION_EXPIRED = "SessionExpired"  # the attempt's vSphere session ended on the server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -52,6 +53,8 @@ def counted(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[
     async def run(**kwargs: Any) -> None:
         try:
             await handler(**kwargs)
+        except kopf.TemporaryError:
+            raise  # a retry Kopf was asked for (a server not reachable yet), not an error
         except Exception:
             metrics = op().metrics
             if metrics is not None:
@@ -109,6 +112,7 @@ async def learn_service_ranges(logger: Logger, **_: Any) -> None:
 async def close(**_: Any) -> None:
     if _OPERATOR is not None:
         await _OPERATOR.progress.close()
+        await asyncio.to_thread(_OPERATOR.logins.close)
 
 
 # ---------------------------------------------------------------------------- indices
@@ -168,6 +172,19 @@ def worker_pod_changed(
 
 
 @kopf.index(*JOBS)
+def reading_jobs(body: kopf.Body, **_: Any) -> dict[str, str]:
+    """Jobs whose attempt reads from an ESXi host, by "namespace/provider/host"."""
+    host = reconcile.source_host(body) if reconcile.active_node(body) else None
+    return NOT_INDEXED if host is None else {host: job_state.key_of(body)}
+
+
+@kopf.index(*PROVIDERS)
+def provider_limits(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[str, int]:
+    limit = spec.get("maxDisksPerHost") or provider_api.DEFAULT_MAX_DISKS_PER_HOST
+    return {f"{namespace}/{name}": int(limit)}
+
+
+@kopf.index(*JOBS)
 def queued_jobs(body: kopf.Body, **_: Any) -> dict[str, placement.QueuedJob]:
     entry = reconcile.queue_entry(body)
     return NOT_INDEXED if entry is None else {"queue": entry}
@@ -184,8 +201,8 @@ async def admit(body: kopf.Body, **_: Any) -> None:
 
 
 @kopf.on.delete(*JOBS, optional=True)
-def forget(body: kopf.Body, **_: Any) -> None:
-    reconcile.forget(op(), body)
+async def forget(body: kopf.Body, **_: Any) -> None:
+    await reconcile.forget(op(), body)
 
 
 @kopf.on.field(*JOBS, field="spec.cancel", new=True)
@@ -207,7 +224,16 @@ async def place(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
     nodes = [node for name in nodes_index for node in nodes_index[name]]
     active = {node: set(active_index[node]) for node in active_index}
     queue = list(queue_index.get("queue", []))
-    await reconcile.place_if_first(op(), body, queue, nodes, active, logger)
+    reading_index: kopf.Index[str, str] = kwargs["reading_jobs"]
+    limits_index: kopf.Index[str, int] = kwargs["provider_limits"]
+    reading = {host: set(reading_index[host]) for host in reading_index}
+
+    def host_limit(host: str) -> int:
+        provider = host.rsplit("/", 1)[0]  # "namespace/provider/host"
+        found = list(limits_index.get(provider, []))
+        return found[0] if found else provider_api.DEFAULT_MAX_DISKS_PER_HOST
+
+    await reconcile.place_if_first(op(), body, queue, nodes, active, logger, reading, host_limit)
 
 
 # One daemon for each job's whole life, not filtered by phase: Kopf never re-spawns a daemon

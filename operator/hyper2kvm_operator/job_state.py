@@ -24,6 +24,7 @@ from hyper2kvm_operator.kube import KubeApi
 from hyper2kvm_operator.metrics import JobView, OperatorMetrics, Snapshot
 from hyper2kvm_operator.progress_reader import ProgressReader
 from hyper2kvm_operator.settings import Settings
+from hyper2kvm_operator.vsphere.logins import Logins
 
 Body = Mapping[str, Any]
 
@@ -42,6 +43,7 @@ class Operator:
     # reconcile.RESERVATION_SECONDS, so one whose attempt came and went between two looks
     # at the index cannot hold a slot forever.
     reservations: dict[str, tuple[str, float]] = field(default_factory=dict)
+    reserved_sources: dict[str, str] = field(default_factory=dict)  # job -> its ESXi host
     view: Snapshot = field(default_factory=Snapshot)
     # The status as this operator last wrote it: Kopf's view of the object lags behind our
     # own patches by one watch event, and a history computed from it would lose entries.
@@ -58,10 +60,22 @@ class Operator:
     plan_version: int = 0
     plan_cache: tuple[float, int, dict[str, placement.WorkerNode]] | None = None
     metrics: OperatorMetrics | None = None
+    # The operator's own vSphere session per provider, and when each vSphere job's attempt
+    # session was last kept alive (monotonic seconds).
+    logins: Logins = field(default_factory=Logins)
+    sessions_touched: dict[str, float] = field(default_factory=dict)
+    # job -> the attempt whose session the server no longer knows
+    sessions_lost: dict[str, int] = field(default_factory=dict)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    background: set[asyncio.Task[None]] = field(default_factory=set)  # held until done
 
     def policy(self) -> tenancy.Policy:
         """The admins' policy, with the cluster's own ranges denied to HTTP sources."""
         return self.settings.policy.denying(self.cluster_networks)
+
+    def lock(self, key: str) -> asyncio.Lock:
+        """The job's own lock: one attempt is prepared by one handler at a time."""
+        return self.locks.setdefault(key, asyncio.Lock())
 
     def wake(self, key: str) -> None:
         self.wakeups.setdefault(key, asyncio.Event()).set()

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import urllib3
@@ -75,6 +75,11 @@ async def _call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
+def _decoded(data: Mapping[str, bytes | str] | None) -> dict[str, str]:
+    return {key: base64.b64decode(value).decode("utf-8", "replace")
+            for key, value in (data or {}).items()}  # fmt: skip
+
+
 class KubeApi:
     def __init__(self, api_client: k8s.ApiClient, on_write: Callable[[], None]) -> None:
         self._core = k8s.CoreV1Api(api_client)
@@ -87,26 +92,30 @@ class KubeApi:
         await self.patch_status(api.PLURAL, namespace, name, status)
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
-        """Create a ConfigMap or Pod. When one of that name exists (a restart's retry, or
-        somebody else's object), it is returned for the caller to judge; None when created.
-        Refused when the API server will not have it (admission, quota, validation)."""
+        """Create a ConfigMap, Secret or Pod. When one of that name exists (a restart's
+        retry, or somebody else's object), it is returned for the caller to judge (a Secret
+        without its data); None when created. Refused when the API server will not have it
+        (admission, quota, validation)."""
         self._on_write()
         meta = manifest["metadata"]
         namespace, name, kind = meta["namespace"], meta["name"], manifest["kind"]
         body = cast(Any, manifest)  # the client accepts plain manifests as well as its models
-        pod = kind == "Pod"
+        calls: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+            "Pod": (self._core.create_namespaced_pod, self._core.read_namespaced_pod),
+            "ConfigMap": (
+                self._core.create_namespaced_config_map,
+                self._core.read_namespaced_config_map,
+            ),
+            "Secret": (self._core.create_namespaced_secret, self._core.read_namespaced_secret),
+        }
+        create, read = calls[kind]
         try:
-            if pod:
-                await _call(self._core.create_namespaced_pod, namespace, body)
-            else:
-                await _call(self._core.create_namespaced_config_map, namespace, body)
+            await _call(create, namespace, body)
         except ApiException as error:
             if error.status == 409:
-                read = (
-                    self._core.read_namespaced_pod if pod else self._core.read_namespaced_config_map
-                )
                 existing = await _call(read, name, namespace)
                 result: dict[str, Any] = self._core.api_client.sanitize_for_serialization(existing)
+                result.pop("data", None)
                 return result
             if error.status in (400, 403, 422):
                 raise Refused(kind, name, error.status, _api_message(error)) from error
@@ -140,14 +149,19 @@ class KubeApi:
             raise
         return [cidr for item in found.items if item.spec for cidr in item.spec.cidrs or []]
 
-    async def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
-        """The labels of a Secret (None when it does not exist); its data is not kept."""
+    async def _read_secret(self, namespace: str, name: str) -> k8s.V1Secret | None:
         try:
-            secret = await _call(self._core.read_namespaced_secret, name, namespace)
+            return await _call(self._core.read_namespaced_secret, name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
+
+    async def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The labels of a Secret (None when it does not exist); its data is not kept."""
+        secret = await self._read_secret(namespace, name)
+        if secret is None:
+            return None
         meta = secret.metadata
         return dict((meta.labels if meta is not None else None) or {})
 
@@ -155,16 +169,11 @@ class KubeApi:
         self, namespace: str, name: str
     ) -> tuple[dict[str, str], dict[str, str]] | None:
         """A Secret's labels and decoded data; None when it does not exist."""
-        try:
-            secret = await _call(self._core.read_namespaced_secret, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        secret = await self._read_secret(namespace, name)
+        if secret is None:
+            return None
         labels = dict((secret.metadata.labels if secret.metadata is not None else None) or {})
-        data = {key: base64.b64decode(value).decode("utf-8", "replace")
-                for key, value in (secret.data or {}).items()}  # fmt: skip
-        return labels, data
+        return labels, _decoded(secret.data)
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
@@ -203,3 +212,40 @@ class KubeApi:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+    async def owned_secret(
+        self, namespace: str, name: str, owner_uid: str
+    ) -> dict[str, str] | None:
+        """A Secret's decoded data, only when the object of `owner_uid` controls it."""
+        secret = await self._read_secret(namespace, name)
+        if secret is None:
+            return None
+        owners = (secret.metadata.owner_references if secret.metadata is not None else None) or []
+        if not any(ref.uid == owner_uid and ref.controller for ref in owners):
+            return None
+        return _decoded(secret.data)
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        self._on_write()
+        try:
+            await _call(self._core.delete_namespaced_secret, name, namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def read_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A hyper2kvm.io object of the namespace; None when there is none of that name."""
+        try:
+            found = await _call(
+                self._custom.get_namespaced_custom_object,
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                plural,
+                name,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], found)

@@ -33,6 +33,7 @@ class QueuedJob:
     queued_at: str  # RFC 3339 time the job entered the queue; string order is time order
     node_selector: Mapping[str, str] = field(default_factory=dict)
     not_before: str | None = None  # a retry's backoff: not placed before this time
+    source_host: str | None = None  # "namespace/provider/host": the ESXi host it reads from
 
 
 def node_slots(labels: Mapping[str, str], annotations: Mapping[str, str], default: int) -> int:
@@ -60,26 +61,47 @@ def namespace_of(key: str) -> str:
     return key.split("/", 1)[0]
 
 
+@dataclass(frozen=True)
+class SourceLimits:
+    """What the sources bear: jobs reading from each ESXi host now, and each host's limit
+    (its provider's maxDisksPerHost; a worker reads a job's disks one after another, so a
+    job reads one disk at a time)."""
+
+    active: Mapping[str, int] = field(default_factory=dict)
+    limit: Callable[[str], int] = lambda _: 0  # 0: no limit
+
+    def full(self, host: str | None, reading: Mapping[str, int]) -> bool:
+        if host is None:
+            return False
+        limit = self.limit(host)
+        return bool(limit) and reading.get(host, 0) >= limit
+
+
 def place(
     queue: list[QueuedJob],
     nodes: list[WorkerNode],
     active: Mapping[str, int],
     namespace_active: Mapping[str, int] | None = None,
     namespace_slots: Callable[[str], int] = lambda _: 0,
+    sources: SourceLimits | None = None,
 ) -> list[tuple[QueuedJob, WorkerNode]]:
     """Placements for as many queued jobs as free slots allow, in queue order.
 
     A job no node can take now is skipped, not waited on: a job with a narrow selector
     never holds back jobs that could run elsewhere, and a namespace at its own limit
-    (`namespace_slots`, 0: none) never holds back other namespaces.
+    (`namespace_slots`, 0: none) or an ESXi host at its own never holds back others.
     """
+    sources = sources or SourceLimits()
     load = {node.name: active.get(node.name, 0) for node in nodes}
     in_namespace = dict(namespace_active or {})
+    reading = dict(sources.active)
     placements = []
     for job in queue_order(queue):
         namespace = namespace_of(job.key)
         limit = namespace_slots(namespace)
         if limit and in_namespace.get(namespace, 0) >= limit:
+            continue
+        if sources.full(job.source_host, reading):
             continue
         candidates = [n for n in nodes if eligible(job, n) and load[n.name] < n.slots]
         if not candidates:
@@ -87,6 +109,8 @@ def place(
         best = min(candidates, key=lambda n: (load[n.name] / n.slots, load[n.name], n.name))
         load[best.name] += 1
         in_namespace[namespace] = in_namespace.get(namespace, 0) + 1
+        if job.source_host is not None:
+            reading[job.source_host] = reading.get(job.source_host, 0) + 1
         placements.append((job, best))
     return placements
 
@@ -97,6 +121,7 @@ def why_waiting(
     label: str = WORKER_LABEL,
     namespace_active: Mapping[str, int] | None = None,
     namespace_slots: Callable[[str], int] = lambda _: 0,
+    sources: SourceLimits | None = None,
 ) -> str:
     """A person-readable reason a job is still queued."""
     namespace = namespace_of(job.key)
@@ -105,6 +130,13 @@ def why_waiting(
     if limit and running >= limit:
         return (
             f"namespace {namespace} has {running} jobs running, its limit (policy.namespaceSlots)"
+        )
+    sources = sources or SourceLimits()
+    if job.source_host is not None and sources.full(job.source_host, sources.active):
+        host = job.source_host.split("/", 2)[-1]
+        return (
+            f"ESXi host {host} is read by {sources.active.get(job.source_host, 0)} jobs, its "
+            "provider's limit (maxDisksPerHost)"
         )
     workers = [node for node in nodes if node.usable]
     if not workers:

@@ -10,27 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hyper2kvm_operator import conditions as cond
 from hyper2kvm_operator import provider_api, tenancy
 from hyper2kvm_operator.job_state import Operator
-from hyper2kvm_operator.vsphere import client
+from hyper2kvm_operator.vsphere import client, logins
 from hyper2kvm_operator.vsphere.errors import Reason, VSphereError
+from hyper2kvm_operator.vsphere.logins import Login
+from hyper2kvm_worker import http_probe
+from hyper2kvm_worker.errors import WorkerError
+from hyper2kvm_worker.protocol import Limits
 
 CHECK_TIMEOUT_SECONDS = 60.0  # a login plus one call; the client's own timeouts are shorter
 CHECK_INTERVAL_SECONDS = 300.0  # and whenever the provider's spec changes
-
-
-@dataclass(frozen=True)
-class Login:
-    url: str
-    username: str
-    password: str = field(repr=False)
-    ca_bundle: str | None = None
-    thumbprint: str | None = None
-    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,14 +67,7 @@ def login_of(spec: provider_api.VSphereProviderSpec, secret: Mapping[str, str]) 
 def vsphere_probe(login: Login) -> ServerFacts:
     """Log in to vCenter or ESXi as `login` says, note what it is, and log out."""
     try:
-        connection = client.connect(
-            login.url,
-            login.username,
-            login.password,
-            ca_pem=login.ca_bundle,
-            thumbprint=login.thumbprint,
-            insecure=login.insecure,
-        )
+        connection = logins.connect(login)
     except VSphereError as error:
         raise CheckFailed(error.reason, error.message) from None
     about = connection.about
@@ -116,8 +103,9 @@ def provider_status(
     return {**facts, "lastChecked": now, "observedGeneration": generation, "conditions": conditions}
 
 
-async def _marked_secret(op: Operator, namespace: str, name: str) -> dict[str, str]:
-    """The provider Secret's data, only when its owner marked it for migrations."""
+async def marked_secret(op: Operator, namespace: str, name: str) -> dict[str, str]:
+    """The provider Secret's data, only when its owner marked it for migrations; CheckFailed
+    otherwise."""
     found = await op.kube.secret(namespace, name)
     labels, data = found if found is not None else (None, {})
     label = op.settings.policy.credential_label
@@ -127,13 +115,27 @@ async def _marked_secret(op: Operator, namespace: str, name: str) -> dict[str, s
     return data
 
 
+async def check_address(op: Operator, url: str) -> None:
+    """CheckFailed PolicyViolation when `url`'s host resolves into a network the cluster
+    denies to network sources (the node, its metadata services, the cluster's own ranges):
+    a provider must not make the operator a tenant's way into them."""
+    rules = op.policy()
+    limits = Limits(http_allow=list(rules.http_allow), http_deny=list(rules.http_deny))
+    try:
+        await asyncio.to_thread(http_probe.check_address, url, limits)
+    except WorkerError as refused:
+        reason = cond.POLICY_VIOLATION if refused.permanent else Reason.UNREACHABLE
+        raise CheckFailed(reason, refused.message) from None
+
+
 async def check(op: Operator, body: Mapping[str, Any], probe: Probe) -> None:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     outcome: ServerFacts | CheckFailed
     try:
         spec = provider_api.VSphereProviderSpec.model_validate(body.get("spec") or {})
-        login = login_of(spec, await _marked_secret(op, namespace, spec.credentialsSecretRef.name))
+        await check_address(op, spec.url)
+        login = login_of(spec, await marked_secret(op, namespace, spec.credentialsSecretRef.name))
         outcome = await asyncio.wait_for(asyncio.to_thread(probe, login), CHECK_TIMEOUT_SECONDS)
     except CheckFailed as error:
         outcome = error

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import kopf
 
@@ -21,6 +22,7 @@ from hyper2kvm_operator import (
     policy,
     status,
     tenancy,
+    vsphere_jobs,
     worker_job,
     worker_pod,
 )
@@ -47,7 +49,7 @@ PLAN_REUSE_SECONDS = 0.2  # Kopf hands a live, read-only view of the object
 async def admit(op: Operator, body: Body) -> None:
     """A new (or not yet admitted) job enters the queue."""
     phase = phase_of(op, body)
-    if phase is not None:
+    if phase is not None and phase is not Phase.PENDING:  # Pending: admission is unfinished
         # On resume the phase began when the history says, not now: "stuck" alerts stay true.
         current = current_status(op, body)
         entered = [h["time"] for h in current.get("history") or [] if h.get("phase") == phase]
@@ -59,6 +61,12 @@ async def admit(op: Operator, body: Body) -> None:
         return
     if await refuse_by_policy(op, body):
         return
+    found: dict[str, Any] = {}
+    if body["spec"].get("source"):
+        vm = await vsphere_jobs.admit(op, body)
+        if vm is None:
+            return
+        found["vm"] = vm
     await move(
         op,
         body,
@@ -67,6 +75,7 @@ async def admit(op: Operator, body: Body) -> None:
         "waiting for a free worker slot",
         queuedTime=op.now(),
         attempt=0,
+        **found,
     )
 
 
@@ -101,7 +110,16 @@ def queue_entry(body: Body) -> placement.QueuedJob | None:
         queued_at=state.get("queuedTime") or body["metadata"]["creationTimestamp"],
         node_selector=selector,
         not_before=state.get("retryAfter"),
+        source_host=source_host(body),
     )
+
+
+def source_host(body: Body) -> str | None:
+    """ "namespace/provider/host" of the ESXi host a vSphere job reads from, or None."""
+    vm = (body.get("status") or {}).get("vm") or {}
+    if not vm.get("provider") or not vm.get("host"):
+        return None
+    return f"{body['metadata']['namespace']}/{vm['provider']}/{vm['host']}"
 
 
 # ---------------------------------------------------------------------------- place
@@ -112,6 +130,7 @@ def _plan(
     runnable: Callable[[], list[placement.QueuedJob]],
     nodes: list[placement.WorkerNode],
     active: dict[str, set[str]],
+    sources: Callable[[], placement.SourceLimits],
 ) -> dict[str, placement.WorkerNode]:
     """Job -> node for every job that can start now (shared by all the queued jobs' timers).
 
@@ -124,7 +143,9 @@ def _plan(
     if cached is not None and fresh and cached[1] == op.plan_version:
         return cached[2]
     load, namespaces = _load(op, active)
-    chosen = placement.place(runnable(), nodes, load, namespaces, op.settings.policy.slots_for)
+    chosen = placement.place(
+        runnable(), nodes, load, namespaces, op.settings.policy.slots_for, sources()
+    )
     plan = {job.key: node for job, node in chosen}
     op.plan_cache = (moment, op.plan_version, plan)
     return plan
@@ -137,6 +158,7 @@ def _load(op: Operator, active: dict[str, set[str]]) -> tuple[dict[str, int], di
     for job, (node, since) in list(op.reservations.items()):
         if job in active.get(node, set()) or now - since > RESERVATION_SECONDS:
             del op.reservations[job]
+            op.reserved_sources.pop(job, None)
     keys = {(node, key) for node, found in active.items() for key in found}
     keys |= {(node, key) for key, (node, _) in op.reservations.items()}
     load: dict[str, int] = {}
@@ -149,6 +171,17 @@ def _load(op: Operator, active: dict[str, set[str]]) -> tuple[dict[str, int], di
     return load, namespaces
 
 
+def _sources(
+    op: Operator, reading: dict[str, set[str]], host_limit: Callable[[str], int]
+) -> placement.SourceLimits:
+    """Jobs reading from each ESXi host: the active ones and the reservations not yet seen."""
+    counts = {host: len(keys) for host, keys in reading.items()}
+    for key, host in op.reserved_sources.items():
+        if key in op.reservations and key not in reading.get(host, set()):
+            counts[host] = counts.get(host, 0) + 1
+    return placement.SourceLimits(active=counts, limit=host_limit)
+
+
 async def place_if_first(
     op: Operator,
     body: Body,
@@ -156,9 +189,12 @@ async def place_if_first(
     nodes: list[placement.WorkerNode],
     active: dict[str, set[str]],
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    reading: dict[str, set[str]] | None = None,
+    host_limit: Callable[[str], int] = lambda _: 0,
 ) -> None:
     """Start this job if the global plan gives it a slot now; every job runs the same plan.
-    `active` holds the jobs whose attempt runs on each node."""
+    `active` holds the jobs whose attempt runs on each node, `reading` those that read
+    from each ESXi host, whose limit `host_limit` gives."""
     key = key_of(body)
     if phase_of(op, body) is not Phase.QUEUED:
         return  # the index is one event behind a placement this operator just made
@@ -176,14 +212,18 @@ async def place_if_first(
         ]
 
     op.view.slots = {node.name: node.slots for node in nodes}
-    target = _plan(op, runnable, nodes, active).get(key)
+
+    def sources() -> placement.SourceLimits:
+        return _sources(op, reading or {}, host_limit)
+
+    target = _plan(op, runnable, nodes, active, sources).get(key)
     state = current_status(op, body)
     if target is None:
         mine = next((job for job in queue if job.key == key), None)
         if mine is not None and (mine.not_before is None or mine.not_before <= now):
             why = placement.why_waiting(
                 mine, nodes, op.settings.node_label, _load(op, active)[1],
-                op.settings.policy.slots_for,
+                op.settings.policy.slots_for, sources(),
             )  # fmt: skip
             if state.get("message") != why and state.get("reason") != cond.RETRYING:
                 await move(op, body, Phase.QUEUED, cond.NO_CAPACITY, why)
@@ -191,6 +231,9 @@ async def place_if_first(
     attempt = int(state.get("attempt") or 0) + 1
     pod = worker_pod.pod_name(body["metadata"]["name"], attempt)
     op.reservations[key] = (target.name, time.monotonic())
+    host = source_host(body)
+    if host is not None:
+        op.reserved_sources[key] = host
     op.plan_version += 1
     could_run_since = max(
         policy.parse_time(state.get("queuedTime") or now).timestamp(),
@@ -225,12 +268,47 @@ async def ensure_pod(op: Operator, body: Body, attempt: int, node: str) -> bool:
     when the attempt cannot run and the job was moved on: the policy (checked again: it
     may have changed since the job was admitted) or its Secrets refuse it, a name is held
     by an object this job does not own, or the API server refuses the Pod."""
+    # The placing timer and the job's follower may both get here; one at a time, and the
+    # second finds the Pod made (a vSphere job's preparation is not repeated for nothing).
+    async with op.lock(key_of(body)):
+        state = current_status(op, body)
+        if phase_of(op, body) is not Phase.SCHEDULED or state.get("attempt") != attempt:
+            return False  # the attempt ended meanwhile
+        meta = body["metadata"]
+        pod = await op.kube.read_pod(meta["namespace"], worker_pod.pod_name(meta["name"], attempt))
+        if pod is not None and worker_pod.owned_by(pod, body):
+            return True
+        return await _ensure_pod(op, body, attempt, node)
+
+
+async def _ensure_pod(op: Operator, body: Body, attempt: int, node: str) -> bool:
     if await refuse_by_policy(op, body):
         return False
     spec = MigrationJobSpec.model_validate(body["spec"])
     namespace = body["metadata"]["namespace"]
     rules = op.policy()
-    plan = worker_job.plan(f"{namespace}/{body['metadata']['name']}", spec, rules)
+    vm = None
+    if spec.source is not None:
+        vm = await vsphere_jobs.prepare(op, body, attempt)
+        if vm is None:
+            return False
+    plan = worker_job.plan(f"{namespace}/{body['metadata']['name']}", spec, rules, vm)
+    made = await _make_children(op, body, spec, attempt, node, plan)
+    if not made and vm is not None:
+        await vsphere_jobs.end(op, body)  # the attempt's session, with no worker to use it
+    return made
+
+
+async def _make_children(
+    op: Operator,
+    body: Body,
+    spec: MigrationJobSpec,
+    attempt: int,
+    node: str,
+    plan: worker_job.WorkerJobPlan,
+) -> bool:
+    namespace = body["metadata"]["namespace"]
+    rules = op.policy()
     problem = await _credentials_problem(op, namespace, plan.secrets)
     if problem:
         await fail_now(op, body, cond.CREDENTIALS_REFUSED, problem)
@@ -286,13 +364,17 @@ async def _credentials_problem(op: Operator, namespace: str, secrets: tuple[str,
     return ""
 
 
-def forget(op: Operator, body: Body) -> None:
-    """The job was deleted (its Pods go with it, by owner reference)."""
+async def forget(op: Operator, body: Body) -> None:
+    """The job was deleted (its Pods and Secrets go with it, by owner reference)."""
     key = key_of(body)
+    if body["spec"].get("source") and phase_of(op, body) in status.ACTIVE:
+        await vsphere_jobs.end(op, body)
     op.written.pop(key, None)
     op.view.jobs.pop(key, None)
     op.reservations.pop(key, None)
+    op.reserved_sources.pop(key, None)
     op.wakeups.pop(key, None)
+    op.locks.pop(key, None)
 
 
 async def cancel_queued(op: Operator, body: Body) -> None:

@@ -77,6 +77,9 @@ class Settings:
     scratch_storage_class: str | None = None
     history_limit: int = 32
     peering_lifetime_seconds: int = 60  # how long a silent replica is trusted to be alive
+    # How often a running vSphere attempt's session is touched (vCenter's idle timeout is 30
+    # minutes); a session found gone ends the attempt, to be retried with a new one.
+    vsphere_keepalive_seconds: float = 120.0
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -106,4 +109,5 @@ class Settings:
             scratch_limit=_env("SCRATCH_LIMIT", defaults.scratch_limit),
             scratch_storage_class=_env("SCRATCH_STORAGE_CLASS", "") or None,
             peering_lifetime_seconds=int(_env("PEERING_LIFETIME", "60")),
+            vsphere_keepalive_seconds=float(_env("VSPHERE_KEEPALIVE", "120")),
         )

@@ -205,10 +205,10 @@ def _host_path_violations(
         what = "writes to" if writing else "reads"
         granted = [g for g in policy.host_paths if g.covers(namespace, g.prefix, False)]
         if not granted:
-            message = f"disk {disk} {what} the node's {path}, and hostPath is off for {namespace}"
+            message = f"{disk} {what} the node's {path}, and hostPath is off for {namespace}"
         else:
             message = (
-                f"disk {disk} {what} the node's {path}, under no host folder namespace "
+                f"{disk} {what} the node's {path}, under no host folder namespace "
                 f"{namespace} may {'write' if writing else 'read'}"
             )
         yield Violation("hostPaths", message)
@@ -219,9 +219,11 @@ def _host_paths(spec: api.MigrationJobSpec) -> Iterator[tuple[str, str, bool]]:
         source = disk.source
         for host in (source.hostPath, source.ova.hostPath if source.ova else None):
             if host is not None:
-                yield disk.name, posixpath.normpath(host.path), False
+                yield f"disk {disk.name}", posixpath.normpath(host.path), False
         if disk.output is not None and disk.output.hostPath is not None:
-            yield disk.name, posixpath.normpath(disk.output.hostPath.path), True
+            yield f"disk {disk.name}", posixpath.normpath(disk.output.hostPath.path), True
+    if spec.output is not None and spec.output.hostPath is not None:
+        yield "the source VM's output", posixpath.normpath(spec.output.hostPath.path), True
 
 
 def _resource_violations(spec: api.MigrationJobSpec, policy: Policy) -> list[Violation]:

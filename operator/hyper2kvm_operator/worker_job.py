@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from hyper2kvm_operator import api
 from hyper2kvm_operator.tenancy import Policy
+from hyper2kvm_operator.vsphere import job_view
+from hyper2kvm_operator.vsphere.mapping import DiskCopy
 from hyper2kvm_worker import protocol
 
 VOLUMES_ROOT = "/volumes"
@@ -55,14 +57,40 @@ class _Planner:
 
 
 @dataclass(frozen=True)
+class VmDisks:
+    """The disks of a vSphere VM, for one attempt: where each one's bytes are, and the
+    attempt's own session (a Secret the operator made: keys cookie and, unless the
+    provider skips verification, ca.crt)."""
+
+    vm_name: str
+    server: str  # https://host:port of vCenter or ESXi
+    session_secret: str
+    insecure: bool
+    disks: tuple[tuple[str, DiskCopy], ...]  # (the disk's name in the job, where to read it)
+
+
+SSH_IDENTITY_KEY = "identity"
+SSH_KNOWN_HOSTS_KEY = "known_hosts"
+SESSION_COOKIE_KEY = "cookie"
+SESSION_CA_KEY = "ca.crt"
+
+
+@dataclass(frozen=True)
 class WorkerJobPlan:
     job: protocol.Job
     volumes: tuple[VolumePlan, ...]
-    secrets: tuple[str, ...]  # Secret names mounted under /secrets/<name>
+    secrets: tuple[str, ...]  # tenants' Secrets, mounted under /secrets/<name>
+    session_secret: str | None = None  # the operator's own, mounted the same way
 
 
-def plan(name: str, spec: api.MigrationJobSpec, policy: Policy | None = None) -> WorkerJobPlan:
-    """The worker's job for `spec`, with the limits of `policy` only the worker can check."""
+def plan(
+    name: str,
+    spec: api.MigrationJobSpec,
+    policy: Policy | None = None,
+    vm: VmDisks | None = None,
+) -> WorkerJobPlan:
+    """The worker's job for `spec` (with `vm`, the disks of its source VM), with the limits
+    of `policy` only the worker can check."""
     policy = policy or Policy()
     planner = _Planner()
     secrets: list[str] = []
@@ -71,6 +99,17 @@ def plan(name: str, spec: api.MigrationJobSpec, policy: Policy | None = None) ->
         source = _source(disk.source, planner, secrets)
         output = _output(disk.output, planner) if disk.output is not None else None
         disks.append(protocol.Disk(name=disk.name, source=source, output=output))
+    if spec.source is not None:
+        if vm is None:
+            raise ValueError("a job whose source is a VM needs the VM's disks")
+        disks = [
+            protocol.Disk(
+                name=name,
+                source=_vm_source(vm, copy),
+                output=_vm_output(spec.output, vm.vm_name, name, planner) if spec.output else None,
+            )
+            for name, copy in vm.disks
+        ]
     job = protocol.Job(
         name=name,
         operation=spec.operation,
@@ -83,7 +122,12 @@ def plan(name: str, spec: api.MigrationJobSpec, policy: Policy | None = None) ->
             http_deny=list(policy.http_deny),
         ),
     )
-    return WorkerJobPlan(job=job, volumes=tuple(planner.volumes.values()), secrets=tuple(secrets))
+    return WorkerJobPlan(
+        job=job,
+        volumes=tuple(planner.volumes.values()),
+        secrets=tuple(secrets),
+        session_secret=vm.session_secret if vm is not None else None,
+    )
 
 
 def _fix(fix: api.FixOptions | None) -> protocol.FixOptions:
@@ -121,17 +165,34 @@ def _source(source: api.DiskSource, planner: _Planner, secrets: list[str]) -> pr
             directory, path = posixpath.split(source.ova.hostPath.path)
             root = planner.mount("host", directory or "/", read_only=True)
         return protocol.OvaSource(root=root, path=path, disk=source.ova.disk)
+    if source.ssh is not None:
+        folder = _secret(source.ssh.secretRef.name, secrets)
+        return protocol.SshSource(
+            host=source.ssh.host,
+            port=source.ssh.port,
+            user=source.ssh.user,
+            path=source.ssh.path,
+            identity_file=f"{folder}/{SSH_IDENTITY_KEY}",
+            known_hosts_file=f"{folder}/{SSH_KNOWN_HOSTS_KEY}",
+            format=source.ssh.format,
+        )
     assert source.http is not None  # the CRD's rule: exactly one source
     user_file = password_file = None
     if source.http.secretRef is not None:
         secret = source.http.secretRef.name
-        if secret not in secrets:
-            secrets.append(secret)
+        _secret(secret, secrets)
         user_file = f"{SECRETS_ROOT}/{secret}/username"
         password_file = f"{SECRETS_ROOT}/{secret}/password"
     return protocol.HttpSource(
         url=source.http.url, user_file=user_file, password_file=password_file
     )
+
+
+def _secret(name: str, secrets: list[str]) -> str:
+    """Where the tenant's Secret `name` is mounted (once, however many sources use it)."""
+    if name not in secrets:
+        secrets.append(name)
+    return f"{SECRETS_ROOT}/{name}"
 
 
 def _output(output: api.DiskOutput, planner: _Planner) -> protocol.Output:
@@ -148,3 +209,31 @@ def _output(output: api.DiskOutput, planner: _Planner) -> protocol.Output:
         preallocation=protocol.Preallocation(output.preallocation.value),
         overwrite=output.overwrite,
     )
+
+
+def _vm_source(vm: VmDisks, copy: DiskCopy) -> protocol.VSphereSource:
+    folder = f"{SECRETS_ROOT}/{vm.session_secret}"
+    return protocol.VSphereSource(
+        url=vm.server,
+        datacenter=copy.datacenter_path,
+        datastore=copy.datastore,
+        path=copy.path,
+        cookie_file=f"{folder}/{SESSION_COOKIE_KEY}",
+        ca_file=None if vm.insecure else f"{folder}/{SESSION_CA_KEY}",
+        insecure=vm.insecure,
+        format="raw",  # a flat extent is the disk's bytes, nothing else
+        size=copy.capacity_bytes,
+    )
+
+
+def _vm_output(rule: api.VmOutput, vm_name: str, disk: str, planner: _Planner) -> protocol.Output:
+    as_disk = api.DiskOutput(
+        pvc=rule.pvc,
+        hostPath=rule.hostPath,
+        path=job_view.output_path(rule.path, vm_name, disk, rule.format.value),
+        format=rule.format,
+        compression=rule.compression,
+        preallocation=rule.preallocation,
+        overwrite=rule.overwrite,
+    )
+    return _output(as_disk, planner)

@@ -112,6 +112,24 @@ def job_configmap(body: Mapping[str, Any], attempt: int, plan: WorkerJobPlan) ->
     }
 
 
+def session_secret_name(job: str, attempt: int) -> str:
+    return short_name(job, f"-{attempt}-vsphere")
+
+
+def session_secret(
+    body: Mapping[str, Any], attempt: int, data: Mapping[str, str]
+) -> dict[str, Any]:
+    """A vSphere attempt's own session (cookie, CA, the key that ends it), owned by the job."""
+    name = session_secret_name(body["metadata"]["name"], attempt)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(body, name, attempt, MANAGED_BY),
+        "stringData": dict(data),
+    }
+
+
 def security_context(operation: Operation, namespace: str, settings: Settings) -> dict[str, Any]:
     if operation is Operation.OFFLINE_FIX and settings.policy.privileged_fix(namespace):
         # Only for /dev/kvm, so that libguestfs' appliance runs with KVM instead of TCG;
@@ -193,8 +211,12 @@ def worker_pod(
         mounts.append(
             {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
         )
-    for index, secret in enumerate(plan.secrets):
-        volumes.append({"name": f"secret-{index}", "secret": {"secretName": secret}})
+    mounted = plan.secrets + ((plan.session_secret,) if plan.session_secret else ())
+    for index, secret in enumerate(mounted):
+        # Readable by the worker's group (the Pod's fsGroup) and nobody else.
+        volumes.append(
+            {"name": f"secret-{index}", "secret": {"secretName": secret, "defaultMode": 0o440}}
+        )
         mounts.append(
             {"name": f"secret-{index}", "mountPath": f"{SECRETS_ROOT}/{secret}", "readOnly": True}
         )

@@ -126,7 +126,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(path, api, kube, None, time.monotonic() - started, nodes, selector)
         return
 
-    session = secrets.token_hex(3)
+    # A letter first: YAML would read a value like "1e5731" (plain hex) as a number.
+    session = f"s{secrets.token_hex(3)}"
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), labels={SESSION_LABEL: session})
     with local:
         api = api_client_from_kubeconfig(str(local.kubeconfig))

@@ -194,3 +194,50 @@ def test_example_jobs_are_accepted_by_the_api_server(
     done = kubectl(cluster, "apply", "-n", namespace, "--dry-run=server", "-f", str(examples))
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("(server dry run)") == len(list(examples.glob("*.yaml")))
+
+
+def vm_job(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "hyper2kvm.io/v1alpha1",
+        "kind": "MigrationJob",
+        "metadata": {"name": name},
+        "spec": {
+            "operation": "convert",
+            "source": {"vsphere": {"provider": "vc", "vm": {"name": "web01"}}},
+            "output": {"hostPath": {"path": "/srv/kvm"}},
+            **spec,
+        },
+    }
+
+
+def test_a_whole_vm_as_the_source(crd: None, cluster: Cluster, namespace: str) -> None:
+    accepted = apply(cluster, namespace, vm_job("vm"))
+    assert accepted.returncode == 0, accepted.stderr
+    stored = json.loads(kubectl(cluster, "get", "-n", namespace, "mj", "vm", "-o", "json").stdout)
+    assert stored["spec"]["output"]["path"] == "{vm}-{disk}.{format}"
+    assert stored["spec"]["source"]["vsphere"]["shutdownGraceSeconds"] == 300
+    assert "disks" not in stored["spec"]
+
+    both = vm_job("both", disks=job("x")["spec"]["disks"])
+    assert "name the disks, or a source" in apply(cluster, namespace, both).stderr
+    no_output = vm_job("no-output")
+    del no_output["spec"]["output"]
+    assert "need an output for every disk" in apply(cluster, namespace, no_output).stderr
+    no_output["spec"]["operation"] = "inspect"
+    assert apply(cluster, namespace, no_output).returncode == 0
+    stray_output = job("stray-output")
+    stray_output["spec"]["output"] = {"hostPath": {"path": "/srv/kvm"}}
+    assert "output is for the disks of source" in apply(cluster, namespace, stray_output).stderr
+    two_vms = vm_job("two-vms")
+    two_vms["spec"]["source"]["vsphere"]["vm"]["uuid"] = "42112d4c-0bd5-4f3a-9a0d-5e6f7a8b9c0d"
+    assert "vm needs exactly one of name, uuid, moref" in apply(cluster, namespace, two_vms).stderr
+    for path, message in [
+        ("{vm}.qcow2", "path needs {disk}: one file per disk"),
+        ("{vm}/{disk}.{ext}", "path may hold only the placeholders {vm}, {disk} and {format}"),
+        ("../{disk}", "path must not contain '..'"),
+    ]:
+        bad = vm_job("bad-path", output={"hostPath": {"path": "/srv/kvm"}, "path": path})
+        assert message in apply(cluster, namespace, bad).stderr, path
+    stop = vm_job("stop")
+    stop["spec"]["source"]["vsphere"]["powerOff"] = "reboot"
+    assert "Unsupported value" in apply(cluster, namespace, stop).stderr

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from tests.cluster.conftest import Cluster
 from tests.cluster.harness.processes import wait_until
-from tests.cluster.operator_process import OperatorProcess, free_port
+from tests.cluster.operator_process import OperatorProcess
 from tests.cluster.test_operator import kubectl, running_operator
 from tests.vsphere import vcsim
 
@@ -20,19 +21,31 @@ CREDENTIALS_LABEL = {"hyper2kvm.io/credentials": "true"}
 
 
 @pytest.fixture(scope="module")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vcsim.Vcsim]:
-    with vcsim.running(tmp_path_factory.mktemp("vcsim")) as sim:
+def simulator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[vcsim.Vcsim]:
+    """On the host's cluster address: loopback is a network providers may not name."""
+    host = cluster.host_address
+    with vcsim.running(tmp_path_factory.mktemp("vcsim"), host=host) as sim:
         yield sim
+
+
+def operator_with_providers(
+    cluster: Cluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    settings: dict[str, str] | None = None,
+) -> Iterator[OperatorProcess]:
+    """The operator, once the VSphereProvider CRD serves too."""
+    log = tmp_path_factory.mktemp("operator") / "log"
+    with running_operator(cluster, log, settings) as process:
+        kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
+                "crd/vsphereproviders.hyper2kvm.io")  # fmt: skip
+        yield process
 
 
 @pytest.fixture(scope="module")
 def operator(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    with running_operator(cluster, tmp_path_factory.mktemp("operator") / "log") as process:
-        kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
-                "crd/vsphereproviders.hyper2kvm.io")  # fmt: skip
-        yield process
+    yield from operator_with_providers(cluster, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +66,13 @@ def providers_removed(cluster: Cluster, namespace: str) -> Iterator[None]:
     """Providers go while the operator runs: it holds a finalizer on each."""
     yield
     cluster.kubectl("delete", "vsphereproviders", "--all", "-n", namespace, "--timeout=60s")
+
+
+def closed_port(host: str) -> int:
+    """A port of `host` nothing listens on (once bound, now free)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def apply(cluster: Cluster, *manifests: dict[str, Any]) -> None:
@@ -136,6 +156,7 @@ def test_a_provider_that_logs_in_is_ready_and_shows_the_server(
         ("closed-port", "Unreachable"),
         ("unmarked-secret", "CredentialsRefused"),
         ("no-password", "IncompleteCredentials"),
+        ("loopback", "PolicyViolation"),
     ],
 )
 def test_a_provider_that_cannot_be_used_says_why(
@@ -158,7 +179,9 @@ def test_a_provider_that_cannot_be_used_says_why(
     elif case == "wrong-thumbprint":
         trust = {"thumbprint": ":".join(["AB"] * 32)}
     elif case == "closed-port":
-        url = f"https://127.0.0.1:{free_port()}/sdk"
+        url = f"https://{simulator.host}:{closed_port(simulator.host)}/sdk"
+    elif case == "loopback":
+        url = f"https://127.0.0.1:{simulator.port}/sdk"
     elif case == "unmarked-secret":
         labels = {}
     elif case == "no-password":

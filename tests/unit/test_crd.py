@@ -79,7 +79,9 @@ def test_provider_crd_is_structural_with_its_columns() -> None:
         if "properties" in node:
             assert node.get("type") == "object", path
     columns = [column["name"] for column in version["additionalPrinterColumns"]]
-    assert columns == ["URL", "Ready", "Reason", "Product", "Version", "Checked", "Age"]
+    assert columns == [
+        "URL", "Ready", "Reason", "Product", "Version", "Checked", "MaxPerHost", "Age",
+    ]  # fmt: skip
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["required"] == ["url", "credentialsSecretRef"]
     assert set(spec["properties"]) == {
@@ -88,4 +90,5 @@ def test_provider_crd_is_structural_with_its_columns() -> None:
         "caBundle",
         "thumbprint",
         "insecureSkipVerify",
+        "maxDisksPerHost",
     }

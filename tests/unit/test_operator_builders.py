@@ -63,6 +63,32 @@ def test_plan_mounts_each_volume_once_and_writable_only_when_written() -> None:
     assert plan.secrets == ("creds",)
 
 
+def test_an_esxi_disk_over_ssh_gets_the_key_and_pinned_host_key_of_its_secret() -> None:
+    esxi = {
+        "name": "esxi",
+        "source": {
+            "ssh": {
+                "host": "esx1.example.com",
+                "path": "/vmfs/volumes/ds1/web/web-flat.vmdk",
+                "secretRef": {"name": "creds"},
+            }
+        },
+        "output": {"pvc": {"claimName": "kvm"}, "path": "web/esxi.qcow2"},
+    }
+    plan = worker_job.plan("vms/web01", spec(disks=[*spec().model_dump()["disks"][2:], esxi]))
+    assert plan.secrets == ("creds",)  # one Secret for both sources, mounted once
+    source = plan.job.disks[1].source.model_dump(exclude_none=True)
+    assert source == {
+        "kind": "ssh",
+        "host": "esx1.example.com",
+        "port": 22,
+        "user": "root",
+        "path": "/vmfs/volumes/ds1/web/web-flat.vmdk",
+        "identity_file": "/secrets/creds/identity",
+        "known_hosts_file": "/secrets/creds/known_hosts",
+    }
+
+
 def test_host_path_sources_mount_their_directory_read_only() -> None:
     disk = {
         "name": "a",

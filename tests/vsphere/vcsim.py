@@ -92,12 +92,15 @@ def running(
     workdir: Path,
     *,
     host: str = "127.0.0.1",
+    port: int = 0,
     user: str = "migrator",
     password: str = "vcsim-Test-Passw0rd",  # noqa: S107 - a test server's
     args: tuple[str, ...] = (),
 ) -> Iterator[Vcsim]:
-    """Run vcsim on a free port of `host` until the block ends; `args` go to vcsim as they
-    are (e.g. ("-vm", "0") for no ready-made VMs)."""
+    """Run vcsim on a free port of `host` (or on `port`) until the block ends; `args` go to
+    vcsim as they are (e.g. ("-vm", "0") for no ready-made VMs). Run again with the same
+    `workdir` and `port`, it is the same server to its clients: same address, certificate
+    and login (a fresh inventory, though)."""
     # As vCenter's (administrator@vsphere.local), vcsim's SSO directory holds -username in the
     # vsphere.local domain; a simulated ESXi (-esx) has no SSO and knows the bare name.
     username = user if "-esx" in args else f"{user}@vsphere.local"
@@ -114,7 +117,7 @@ def running(
         fifo.unlink()
     os.mkfifo(fifo, 0o600)
     command = [
-        str(binaries / "vcsim"), "-l", _join(host, 0), "-E", str(fifo),
+        str(binaries / "vcsim"), "-l", _join(host, port), "-E", str(fifo),
         "-username", user, "-password", str(secret), *_tls_args(host, workdir), *args,
     ]  # fmt: skip
     log = (workdir / "vcsim.log").open("wb")
@@ -128,8 +131,8 @@ def running(
     )  # fmt: skip
     try:
         url = _announced_url(fifo, process, workdir / "vcsim.log")
+        assert url.port is not None
         port = url.port
-        assert port is not None
         pem = ssl.get_server_certificate((host, port), timeout=10)
         ca_pem = workdir / "vcsim-ca.pem"
         ca_pem.write_text(pem)
@@ -162,6 +165,8 @@ def _tls_args(host: str, workdir: Path) -> list[str]:
     if host in ("127.0.0.1", "::1"):
         return []
     cert, key = workdir / "tls.crt", workdir / "tls.key"
+    if cert.exists() and key.exists():  # a restart: the certificate clients already trust
+        return ["-tlscert", str(cert), "-tlskey", str(key)]
     kind = "IP" if _is_ip(host) else "DNS"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",

@@ -3,6 +3,7 @@ pyVmomi's ReconfigVM where it has none (raw device mappings, encrypted disks).""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,12 @@ def add_disk(
 
 def find(conn: client.Connection, name: str) -> Any:
     return inventory.find_vm(conn, inventory.VmRef(name=name))
+
+
+def power_state_by_name(sim: Vcsim, name: str) -> str:
+    found = json.loads(sim.govc("vm.info", "-json", name))
+    machines = found.get("virtualMachines") or found.get("VirtualMachines") or []
+    return str(machines[0]["runtime"]["powerState"])
 
 
 def power_state(conn: client.Connection, vm: Any) -> str:

@@ -1,5 +1,6 @@
-"""A real OpenSSH server on 127.0.0.1 for the ssh source's tests: its own host key, its own
-configuration, one client key allowed in; everything in a temporary directory.
+"""A real OpenSSH server (on 127.0.0.1, or an address given) for the ssh source's tests:
+its own host key, its own configuration, one client key allowed in; everything in a
+temporary directory.
 
 sshd runs as the user who runs the tests and lets only that user in (by the client key
 made here), with SFTP served by sshd itself, as ESXi serves it.
@@ -46,16 +47,16 @@ def keygen(path: Path, comment: str) -> Path:
     return path
 
 
-def _free_port() -> int:
+def _free_port(host: str) -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         return int(probe.getsockname()[1])
 
 
-def _config(directory: Path, port: int, host_key: Path, authorized: Path) -> Path:
+def _config(directory: Path, host: str, port: int, host_key: Path, authorized: Path) -> Path:
     config = directory / "sshd_config"
     config.write_text(
-        "ListenAddress 127.0.0.1\n"
+        f"ListenAddress {host}\n"
         f"Port {port}\n"
         f"HostKey {host_key}\n"
         f"PidFile {directory / 'sshd.pid'}\n"
@@ -71,11 +72,11 @@ def _config(directory: Path, port: int, host_key: Path, authorized: Path) -> Pat
     return config
 
 
-def _wait_listening(process: subprocess.Popen[bytes], port: int) -> bool:
+def _wait_listening(process: subprocess.Popen[bytes], host: str, port: int) -> bool:
     deadline = time.monotonic() + _START_SECONDS
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+            with socket.create_connection((host, port), timeout=1) as connection:
                 return connection.recv(4).startswith(b"SSH-")
         except OSError:
             time.sleep(0.05)
@@ -83,8 +84,9 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int) -> bool:
 
 
 @contextmanager
-def serve(directory: Path) -> Iterator[SshServer]:
-    """sshd on a free port of 127.0.0.1 until the block ends; its log is `sshd.log`."""
+def serve(directory: Path, host: str = "127.0.0.1") -> Iterator[SshServer]:
+    """sshd on a free port of `host` (an IPv4 address) until the block ends; its log is
+    `sshd.log`."""
     directory.mkdir(parents=True, exist_ok=True)
     host_key = keygen(directory / "host_key", "test host")
     identity = keygen(directory / "client_key", "test client")
@@ -93,19 +95,19 @@ def serve(directory: Path) -> Iterator[SshServer]:
     if os.geteuid() == 0 and not _PRIVSEP.is_dir():
         _PRIVSEP.mkdir(mode=0o755, exist_ok=True)
     for _ in range(3):  # another process may take the free port first
-        port = _free_port()
-        config = _config(directory, port, host_key, authorized)
+        port = _free_port(host)
+        config = _config(directory, host, port, host_key, authorized)
         with (directory / "sshd.log").open("ab") as log:
             process = subprocess.Popen(
                 [str(SSHD), "-D", "-e", "-f", str(config)], stdout=log, stderr=log
             )
-        if _wait_listening(process, port):
+        if _wait_listening(process, host, port):
             break
         process.terminate()
         process.wait(10)
     else:
         raise AssertionError(f"sshd did not start: {(directory / 'sshd.log').read_text()}")
-    server = SshServer("127.0.0.1", port, getpass.getuser(), identity, directory / "known_hosts",
+    server = SshServer(host, port, getpass.getuser(), identity, directory / "known_hosts",
                        host_key)  # fmt: skip
     server.known_hosts.write_text(server.known_hosts_line(host_key.with_suffix(".pub")))
     try:

@@ -92,6 +92,11 @@ def terminate(conn: Connection, session: WorkerSession) -> None:
             raise
 
 
+def restore(cookie_header: str, key: str) -> WorkerSession:
+    """A session as its Cookie header and key were kept (in the attempt's Secret)."""
+    return WorkerSession(cookie=_cookie_value(cookie_header), key=key, user="")
+
+
 def _cookie_value(header: str) -> str:
     if not header:
         return ""

@@ -17,7 +17,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from hyper2kvm_operator.vsphere.errors import Reason, VSphereError
+from hyper2kvm_operator.vsphere.errors import Reason, VSphereError, classify
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 
@@ -103,3 +103,23 @@ def connection_class(trust: Trust) -> Any:
     if trust.thumbprint is None:
         return http.client.HTTPSConnection
     return functools.partial(_PinnedHTTPSConnection, pinned=trust.thumbprint)
+
+
+def pinned_certificate(host: str, port: int, trust: Trust, timeout: float) -> str:
+    """The server's own certificate (PEM), once it proved to be the pinned one: what a
+    client that cannot pin a thumbprint (curl, for the worker) trusts instead."""
+    if trust.thumbprint is None:
+        raise VSphereError(Reason.INVALID_ARGUMENT, "only a pinned certificate is fetched")
+    connection = _PinnedHTTPSConnection(
+        host, port, timeout=timeout, context=context(trust), pinned=trust.thumbprint
+    )
+    try:
+        connection.connect()
+        assert isinstance(connection.sock, ssl.SSLSocket)
+        der = connection.sock.getpeercert(binary_form=True)
+    except OSError as exc:
+        raise classify(exc, f"read the certificate of {host}:{port}") from None
+    finally:
+        connection.close()
+    assert der is not None
+    return ssl.DER_cert_to_PEM_cert(der)
