@@ -11,6 +11,7 @@ from hyper2kvm_worker.protocol import (
     DiskResult,
     Job,
     JobState,
+    Output,
     Result,
     Transition,
     encode_result,
@@ -38,7 +39,7 @@ def test_a_minimal_job_gets_safe_defaults() -> None:
     assert parsed.version == "hyper2kvm.io/worker-job/v1"
     assert parsed.verify is True
     output = parsed.disks[0].output
-    assert output is not None
+    assert isinstance(output, Output)  # an output without a kind is a file
     assert (output.format.value, output.compression.value, output.overwrite) == (
         "qcow2",
         "none",

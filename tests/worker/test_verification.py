@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hyper2kvm_worker.conversion import Converter, Observer, StagedOutput
+from hyper2kvm_worker.conversion import Converter, Observer, PendingOutput
 from hyper2kvm_worker.errors import Reason, TransientFailure
 from hyper2kvm_worker.protocol import DiskResult, FileSource, Output, OutputFormat
 from hyper2kvm_worker.tools import Completed, ToolRunner
@@ -63,7 +63,7 @@ def convert(
     name: str,
     verify: bool,
     fmt: OutputFormat = OutputFormat.RAW,
-) -> tuple[DiskResult, StagedOutput]:
+) -> tuple[DiskResult, PendingOutput]:
     """Convert a monolithicSparse copy of `small_raw` into `tmp_path/out/name`, uncommitted."""
     to_vmdk(small_raw, tmp_path / "disk.vmdk", "monolithicSparse")
     (tmp_path / "out").mkdir(exist_ok=True)

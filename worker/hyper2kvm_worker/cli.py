@@ -12,6 +12,7 @@ import getpass
 import json
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -29,7 +30,9 @@ from hyper2kvm_worker.job_runner import JobRunner
 from hyper2kvm_worker.protocol import (
     CloudInitSeed,
     Compression,
+    DeviceOutput,
     Disk,
+    DiskResult,
     ErrorInfo,
     FileSource,
     FixOptions,
@@ -88,12 +91,12 @@ def _parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="convert a VMDK to qcow2 or raw, verified")
     convert.add_argument("source", nargs="?", help=SOURCE_HELP)
-    convert.add_argument("destination", nargs="?", help="output file; written only when complete")
-    convert.add_argument("--format", choices=[f.value for f in OutputFormat], default="qcow2")
+    convert.add_argument("destination", nargs="?", help=DESTINATION_HELP)
+    convert.add_argument("--format", choices=[f.value for f in OutputFormat], help=FORMAT_HELP)
     convert.add_argument("--compression", choices=[c.value for c in Compression], default="none")
     convert.add_argument("--preallocation", choices=[p.value for p in Preallocation], default="off")
     convert.add_argument("--no-verify", action="store_true", help="skip the content check")
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    convert.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     convert.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
     convert.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
     _remote_options(convert)
@@ -118,9 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     fix.add_argument("--firstboot", type=Path, help="script run once at the guest's first boot")
     fix.add_argument("--cloud-init-user-data", type=Path, help="NoCloud seed: user-data file")
     fix.add_argument("--cloud-init-meta-data", type=Path, help="NoCloud seed: meta-data file")
-    fix.add_argument("--format", choices=[f.value for f in OutputFormat], default="qcow2")
+    fix.add_argument("--format", choices=[f.value for f in OutputFormat], help=FORMAT_HELP)
     fix.add_argument("--no-verify", action="store_true", help="skip the conversion's content check")
-    fix.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    fix.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     fix.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
     fix.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
     fix.set_defaults(handler=_fix, compression="none", preallocation="off")
@@ -146,6 +149,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+DESTINATION_HELP = (
+    "output file, written only when complete; or a block device, written in place (raw)"
+)
+FORMAT_HELP = "qcow2 (the default) or raw; a block device is always written raw"
+OVERWRITE_HELP = "replace an existing output file (a block device is always written)"
 SOURCE_HELP = (
     "VMDK file, OVA file, http(s) URL, ssh://USER@HOST[:PORT]/PATH, or with --vsphere "
     "'[DATASTORE] FOLDER/FILE.vmdk'"
@@ -320,7 +328,7 @@ def _vm_job(args: argparse.Namespace, login: Login) -> Job | int:
             (f"disk-{number}",
              _datastore_source(disk.extent or "", args, cookie_file, vm.datacenter,
                                disk.capacity_bytes),
-             args.output_dir / f"{stem}-disk-{number}.{args.format}")
+             args.output_dir / f"{stem}-disk-{number}.{args.format or OutputFormat.QCOW2}")
             for number, disk in enumerate(vm.disks, 1)
         ]  # fmt: skip
 
@@ -352,18 +360,40 @@ def _job(
         return _fail(str(error), Reason.INVALID_JOB, ExitCode.PERMANENT)
 
 
-def _output(args: argparse.Namespace, destination: Path | None) -> Output | None:
+def _output(args: argparse.Namespace, destination: Path | None) -> Output | DeviceOutput | None:
     if destination is None:
         return None
     destination = destination.absolute()
+    if _is_block_device(destination):
+        return _device_output(args, destination)
     return Output(
         root=str(destination.parent),
         path=destination.name,
-        format=OutputFormat(args.format),
+        format=OutputFormat(args.format or OutputFormat.QCOW2),
         compression=Compression(args.compression),
         preallocation=Preallocation(args.preallocation),
         overwrite=args.overwrite,
     )
+
+
+def _is_block_device(path: Path) -> bool:
+    try:
+        return stat.S_ISBLK(path.stat().st_mode)
+    except OSError:
+        return False  # not there yet: a new output file
+
+
+def _device_output(args: argparse.Namespace, device: Path) -> DeviceOutput:
+    """A block device destination: the disk is written onto it raw, with no file options."""
+    if args.format not in (None, OutputFormat.RAW):
+        raise ValueError(
+            f"{device} is a block device, written raw only; drop --format {args.format}"
+        )
+    if args.compression != Compression.NONE or args.preallocation != Preallocation.OFF:
+        raise ValueError(
+            f"{device} is a block device: --compression and --preallocation do not apply"
+        )
+    return DeviceOutput(device=str(device))
 
 
 def _fix_options(args: argparse.Namespace) -> FixOptions:
@@ -428,10 +458,18 @@ def _convert_in(args: argparse.Namespace, cancel: CancelToken, login: Login | No
     for disk in result.disks if not args.json else []:
         print(
             f"{disk.output}: {disk.format}, {console.human_bytes(disk.virtual_size)} virtual, "
-            f"{console.human_bytes(disk.file_size)} on disk"
+            + _where_written(disk)
             + (f", verified {disk.digest}" if disk.verified else ", not verified")
         )
     return ExitCode.OK
+
+
+def _where_written(disk: DiskResult) -> str:
+    if disk.zero_skipped is None:
+        return f"{console.human_bytes(disk.file_size)} on disk"
+    if disk.zero_skipped:
+        return "written onto the device (it read as zero: zero regions skipped)"
+    return "written onto the device (zero regions written too)"
 
 
 def _fix(args: argparse.Namespace, cancel: CancelToken) -> int:
@@ -475,7 +513,7 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     runner = JobRunner(job, ToolRunner(cancel), sink, time.time)
     server = None
     if not args.no_listen:
-        volumes = [Path(disk.output.root) for disk in job.disks if disk.output is not None]
+        volumes = [Path(disk.output.root) for disk in job.disks if isinstance(disk.output, Output)]
         try:
             server = StatusServer(address, job.name, runner.board.snapshot, volumes).start()
         except OSError as error:

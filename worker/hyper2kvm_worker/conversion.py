@@ -7,6 +7,9 @@ every failure and on cancellation. Nobody else writing the output directory can 
 the partial file (a symlink in its place, a file of the same name), and the final rename
 is made through a descriptor of the output directory opened before the work, to a plain
 name: it cannot land anywhere else.
+
+A block device output (device_output.py) is the exception: it is written in place, raw,
+and verified by reading it back; it has nothing to rename.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from hyper2kvm_worker import device_output
 from hyper2kvm_worker.digest import Digester
 from hyper2kvm_worker.errors import BadInput, Reason, TransientFailure
 from hyper2kvm_worker.paths import confine_new
 from hyper2kvm_worker.protocol import (
     Compression,
+    DeviceOutput,
     DiskResult,
     Limits,
     Output,
@@ -46,6 +52,16 @@ class Observer:
     on_size: Callable[[int], None]
     on_phase: Callable[[str], None]
     on_bytes: Callable[[int], None]
+    on_note: Callable[[str], None] = lambda _message: None  # what a person may want to know
+
+
+class PendingOutput(Protocol):
+    """A converted, verified output awaiting the job's end: committed once every disk is
+    done, discarded when any fails."""
+
+    def commit(self) -> None: ...
+
+    def discard(self) -> None: ...
 
 
 def create_options(output: Output) -> tuple[str, ...]:
@@ -145,9 +161,22 @@ class Converter:
         self._digester = Digester(runner)
 
     def convert(
+        self,
+        name: str,
+        source: Source,
+        output: Output | DeviceOutput,
+        verify: bool,
+        observer: Observer,
+    ) -> tuple[DiskResult, PendingOutput]:
+        """Convert and verify; the caller commits or discards what this returns."""
+        if isinstance(output, DeviceOutput):
+            return self._convert_onto_device(name, source, output, verify, observer)
+        return self._convert_to_file(name, source, output, verify, observer)
+
+    def _convert_to_file(
         self, name: str, source: Source, output: Output, verify: bool, observer: Observer
     ) -> tuple[DiskResult, StagedOutput]:
-        """Convert and verify into a hidden partial file; the caller commits or discards it."""
+        """Into a hidden partial file, renamed into place by its commit."""
         final = check_output(output)
         with open_source(source, self._runner, self._limits) as opened:
             check_not_a_source(final, opened.files)
@@ -168,15 +197,14 @@ class Converter:
                     options.create_options,
                 )
             size = int(opened.info["virtual-size"])
-            if damage.result() is not None:
-                raise BadInput(
-                    Reason.INVALID_IMAGE, f"{opened.label} is damaged: {damage.result()}"
-                )
+            _refuse_damaged(opened, damage.result())
             observer.on_size(size)
             _check_space(final.parent, required.result())
             staged = StagedOutput.create(final)
             try:
-                digest = self._write(opened, staged.partial, options, size, verify, observer)
+                digest = self._write(
+                    opened, staged.partial, str(staged.partial), options, size, verify, observer
+                )
             except BaseException:
                 staged.discard()
                 raise
@@ -191,16 +219,55 @@ class Converter:
         )
         return result, staged
 
+    def _convert_onto_device(
+        self, name: str, source: Source, output: DeviceOutput, verify: bool, observer: Observer
+    ) -> tuple[DiskResult, device_output.BlockDevice]:
+        """Onto the device in place, raw; verified by reading the device back."""
+        with open_source(source, self._runner, self._limits) as opened:
+            size = int(opened.info["virtual-size"])
+            device = device_output.check_device(output, size)
+            device.check_not_a_source(opened.files)
+            _refuse_damaged(opened, self._qemu_img.check(opened.image, opened.format))
+            observer.on_size(size)
+            # Zero regions are skipped only when the device is seen to read as zero there.
+            observer.on_phase("scanning")
+            zero = device_output.reads_as_zero(device.path, size, self._runner.cancel)
+            observer.on_note(
+                f"{output.device} reads as zero: zero regions are not written"
+                if zero
+                else f"{output.device} holds data: zero regions are written too"
+            )
+            options = ConvertOptions(
+                source_format=opened.format,
+                output_format=OutputFormat.RAW.value,
+                existing_target=True,
+                target_is_zero=zero,
+            )
+            readback = device_output.readback_image(device.path, size)
+            digest = self._write(opened, device.path, readback, options, size, verify, observer)
+        result = DiskResult(
+            name=name,
+            output=output.device,
+            format=OutputFormat.RAW.value,
+            virtual_size=size,
+            digest=digest,
+            verified=verify,
+            zero_skipped=zero,
+        )
+        return result, device
+
     def _write(
         self,
         opened: OpenedSource,
-        partial: Path,
+        target: Path,
+        readback: str,
         options: ConvertOptions,
         size: int,
         verify: bool,
         observer: Observer,
     ) -> str | None:
-        """Convert into `partial`, flush it, and return its digest (None without verify)."""
+        """Convert into `target` (a file or a device), flush it, and return the digest of
+        the image `readback` names on it (None without verify)."""
         workers = 2 + len(opened.checks)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
             source_digest: Future[str] | None = None
@@ -221,7 +288,7 @@ class Converter:
             try:
                 self._qemu_img.convert(
                     opened.image,
-                    str(partial),
+                    str(target),
                     options,
                     lambda percent: observer.on_bytes(int(size * percent / 100)),
                 )
@@ -229,7 +296,7 @@ class Converter:
                 abort_source_digest.cancel()  # do not wait for a digest nobody needs
                 raise
             observer.on_bytes(size)
-            flushed = pool.submit(_fsync_file, partial)
+            flushed = pool.submit(_fsync_file, target)
             try:
                 for check in checks:
                     check.result()  # raises on a damaged source: the output is discarded
@@ -241,7 +308,7 @@ class Converter:
                 return None
             observer.on_phase("verifying")
             output_digest = self._digester.digest(
-                str(partial), options.output_format, partial, observer.on_bytes
+                readback, options.output_format, target, observer.on_bytes
             )
             expected = source_digest.result()
             flushed.result()
@@ -252,6 +319,11 @@ class Converter:
                 f"({output_digest} != {expected}); nothing was written, retry the job",
             )
         return output_digest
+
+
+def _refuse_damaged(opened: OpenedSource, damage: str | None) -> None:
+    if damage is not None:
+        raise BadInput(Reason.INVALID_IMAGE, f"{opened.label} is damaged: {damage}")
 
 
 def check_output(output: Output) -> Path:
@@ -297,6 +369,7 @@ def _check_space(directory: Path, required: int) -> None:
 
 
 def _fsync_file(path: Path) -> None:
+    # On a block device too: fsync of any descriptor of it flushes the whole device.
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -74,7 +74,7 @@ class Digester:
         done = 0
         fd = os.open(data_file, os.O_RDONLY)
         try:
-            file_size = os.fstat(fd).st_size
+            file_size = os.lseek(fd, 0, os.SEEK_END)  # a block device's stat size is 0
             for entry in entries:
                 position = 0
                 while position < entry.length:

@@ -8,22 +8,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hyper2kvm_worker import device_output
 from hyper2kvm_worker.conversion import (
     Converter,
     Observer,
+    PendingOutput,
     StagedOutput,
     check_not_a_source,
     check_output,
 )
-from hyper2kvm_worker.errors import Cancelled, ExitCode, Reason, WorkerError
+from hyper2kvm_worker.errors import BadInput, Cancelled, ExitCode, Reason, WorkerError
 from hyper2kvm_worker.events import EventSink
 from hyper2kvm_worker.protocol import (
+    DeviceOutput,
     Disk,
     DiskResult,
     ErrorInfo,
     Job,
     JobState,
     Operation,
+    Output,
     Result,
 )
 from hyper2kvm_worker.reporting import ProgressBoard
@@ -54,7 +58,7 @@ class JobRunner:
     def run(self) -> Result:
         """Never raises for job failures: they end in the Result (and the exit code)."""
         results: list[DiskResult] = []
-        staged: list[StagedOutput] = []
+        staged: list[PendingOutput] = []
         error: ErrorInfo | None = None
         ticker = threading.Thread(target=self._tick, name="progress-events", daemon=True)
         ticker.start()
@@ -132,18 +136,32 @@ class JobRunner:
 
     def _validate(self) -> None:
         """Check every disk before writing anything, so disk 3's typo fails before disk 1."""
+        onto_devices = any(isinstance(disk.output, DeviceOutput) for disk in self.job.disks)
+        if onto_devices and self.job.operation is Operation.OFFLINE_FIX:
+            raise BadInput(
+                Reason.UNSUPPORTED, "offline_fix of a block device output is not supported yet"
+            )
         source_files: list[Path] = []
         finals: list[Path] = []
+        checked: list[device_output.BlockDevice] = []
         for disk in self.job.disks:
             self._runner.cancel.raise_if_cancelled()
-            if self.job.writes_outputs and disk.output is not None:
-                finals.append(check_output(disk.output))
+            output = disk.output if self.job.writes_outputs else None
+            if isinstance(output, Output):
+                finals.append(check_output(output))
             with open_source(disk.source, self._runner, self.job.limits) as opened:
                 source_files.extend(opened.files)
+                if isinstance(output, DeviceOutput):
+                    size = int(opened.info["virtual-size"])
+                    checked.append(device_output.check_device(output, size))
         for final in finals:
             check_not_a_source(final, tuple(source_files))
+        for device in checked:
+            device.check_not_a_source(tuple(source_files))
+        if len({device.rdev for device in checked}) != len(checked):
+            raise BadInput(Reason.INVALID_JOB, "two disks write the same device (by two names)")
 
-    def _run_disk(self, disk: Disk, staged: list[StagedOutput]) -> DiskResult:
+    def _run_disk(self, disk: Disk, staged: list[PendingOutput]) -> DiskResult:
         if self.job.operation is Operation.INSPECT:
             self.board.start_phase(disk.name, "inspecting")
             from hyper2kvm_worker.inspection import Inspector, summary  # inspect jobs only
@@ -166,6 +184,9 @@ class JobRunner:
             on_size=lambda size: self.board.set_size(disk.name, size),
             on_phase=on_phase,
             on_bytes=lambda done: self.board.advance(disk.name, done),
+            on_note=lambda message: self._sink.emit(
+                "log", level="info", disk=disk.name, message=message
+            ),
         )
         result, output = Converter(self._runner, self.job.limits).convert(
             disk.name, disk.source, disk.output, self.job.verify, observer
@@ -177,7 +198,7 @@ class JobRunner:
         return result
 
     def _offline_fix(
-        self, converted: list[DiskResult], staged: list[StagedOutput]
+        self, converted: list[DiskResult], staged: list[PendingOutput]
     ) -> tuple[list[DiskResult], WorkerError | None]:
         """The fixed disks' results, and why the outputs must not be committed (if so)."""
         # Imported here: libguestfs' modules cost start-up time the other operations skip.
@@ -188,7 +209,9 @@ class JobRunner:
         if self.job.fix.dry_run:
             results, failure = fixer.dry_run(self.job), None
         else:
-            results, failure = fixer.fix_staged(self.job, converted, staged), fixer.failure()
+            # Only staged files reach here: _validate refuses offline_fix onto a device.
+            files = [output for output in staged if isinstance(output, StagedOutput)]
+            results, failure = fixer.fix_staged(self.job, converted, files), fixer.failure()
         self.reports.update({disk.name: fixer.report for disk in self.job.disks})
         return results, failure
 

@@ -15,7 +15,9 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -211,6 +213,9 @@ Source = Annotated[
 
 
 class Output(_Model):
+    """A file on a mounted volume, written under a hidden name and renamed when verified."""
+
+    kind: Literal["file"] = "file"
     root: str
     path: RelativePath
     format: OutputFormat = OutputFormat.QCOW2
@@ -235,6 +240,35 @@ class Output(_Model):
     @property
     def full_path(self) -> str:
         return posixpath.join(self.root, self.path)
+
+
+class DeviceOutput(_Model):
+    """A block device the disk is written onto, raw (a Block PVC in a Pod)."""
+
+    kind: Literal["device"] = "device"
+    device: LocalFile = Field(description="the block device, e.g. /dev/hyper2kvm/vol-0")
+
+    @property
+    def full_path(self) -> str:
+        return self.device
+
+    @property
+    def format(self) -> OutputFormat:
+        """A device holds the disk's bytes as they are: raw, always."""
+        return OutputFormat.RAW
+
+
+def _output_kind(value: object) -> str:
+    # Jobs written before outputs had a `kind` hold files only.
+    if isinstance(value, dict):
+        return str(value.get("kind", "file"))
+    return str(getattr(value, "kind", "file"))
+
+
+AnyOutput = Annotated[
+    Annotated[Output, Tag("file")] | Annotated[DeviceOutput, Tag("device")],
+    Discriminator(_output_kind),
+]
 
 
 class CloudInitSeed(_Model):
@@ -265,7 +299,7 @@ class FixOptions(_Model):
 class Disk(_Model):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
     source: Source
-    output: Output | None = None
+    output: AnyOutput | None = None
 
 
 class Limits(_Model):
@@ -306,7 +340,7 @@ class Job(_Model):
                 )
             outputs = [disk.output.full_path for disk in self.disks if disk.output]
             if len(set(outputs)) != len(outputs):
-                raise ValueError("two disks write the same output path")
+                raise ValueError("two disks write the same output path or device")
         return self
 
     @property
@@ -340,7 +374,8 @@ class DiskProgress(_Model):
     name: str = Field(max_length=64)
     phase: str = Field(
         max_length=32,
-        description="waiting, converting, verifying, inspecting, fixing, digesting or done",
+        description="waiting, scanning (a device output, for zeros), converting, verifying, "
+        "inspecting, fixing, digesting or done",
     )
     bytes_done: Count = 0
     bytes_total: Count = 0
@@ -370,9 +405,16 @@ class DiskResult(_Model):
     output: str | None = None
     format: str | None = None
     virtual_size: int | None = None
-    file_size: int | None = None
+    file_size: int | None = Field(
+        default=None, description="bytes the output file occupies; none for a block device"
+    )
     digest: str | None = Field(default=None, description=f"{DIGEST_ALGORITHM} of the content")
     verified: bool = False
+    zero_skipped: bool | None = Field(
+        default=None,
+        description="a block device output: true when it read as zero before the conversion, "
+        "so zero regions were not written; false when they were written",
+    )
     inspection: dict[str, object] | None = Field(
         default=None, description="a short summary; the full report is in the events"
     )

@@ -32,6 +32,8 @@ class ConvertOptions:
     output_format: str
     create_options: tuple[str, ...] = ()  # -o key=value
     compress: bool = False
+    existing_target: bool = False  # -n: write into the target as it is, create nothing
+    target_is_zero: bool = False  # with existing_target: the target reads as zero already
     # qemu-img's own defaults (in-order writes, 8 coroutines) measured as fast or faster
     # than -W -m 16 on the bench disk; the knobs stay for storage where they help.
     out_of_order: bool = False
@@ -123,6 +125,10 @@ class QemuImg:
         args = ["convert", "-p", "-f", options.source_format, "-O", options.output_format]
         if options.create_options:
             args += ["-o", ",".join(options.create_options)]
+        if options.existing_target:
+            args.append("-n")
+            if options.target_is_zero:
+                args.append("--target-is-zero")  # zero regions are then not written
         if options.compress:
             args.append("-c")
         if options.out_of_order and not options.compress:
