@@ -167,8 +167,59 @@ class HostPathDirectory(_Api):
     )
 
 
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+
+
+class VolumeMode(enum.StrEnum):
+    FILESYSTEM = "Filesystem"
+    BLOCK = "Block"
+
+
+class ClaimCreate(_Api):
+    """A PersistentVolumeClaim the operator makes for the disk. It is the job's result, so
+    it outlives the job: it is labelled with the job, not owned by it."""
+
+    storageClassName: str | None = Field(default=None, max_length=253)
+    accessModes: list[str] = Field(
+        default=["ReadWriteOnce"],  # pydantic copies it; the CRD's default is this list
+        min_length=1,
+        max_length=4,
+        json_schema_extra={
+            "items": {
+                "type": "string",
+                "enum": ["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"],
+            }
+        },
+    )
+    volumeMode: VolumeMode = VolumeMode.FILESYSTEM
+    size: str | None = Field(
+        default=None,
+        pattern=QUANTITY,
+        max_length=32,
+        description='e.g. "20Gi"; for a vSphere source\'s disks, sized from each disk',
+    )
+
+
+class ClaimOutput(_Api):
+    """A claim in KubeVirt's layout: a Block claim is the raw disk, a Filesystem claim holds
+    it as disk.img."""
+
+    name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="the claim; default <job>-<disk>",
+    )
+    create: ClaimCreate | None = Field(default=None, description="make it; unset: it exists")
+
+
 _OUTPUT_RULES = (
-    _exactly_one(["pvc", "hostPath"], "an output"),
+    _exactly_one(["pvc", "hostPath", "claim"], "an output"),
+    {
+        "rule": "!has(self.claim) || !has(self.claim.create)"
+        " || self.claim.create.volumeMode != 'Block' || self.format == 'raw'",
+        "message": "a Block claim holds the disk raw: format raw",
+    },
     {
         "rule": "self.format == 'qcow2' || self.compression == 'none'",
         "message": "compression needs format qcow2",
@@ -183,21 +234,45 @@ _OUTPUT_RULES = (
 class _OutputOptions(_Api):
     pvc: PvcVolume | None = None
     hostPath: HostPathDirectory | None = None
+    claim: ClaimOutput | None = None
     format: OutputFormat = OutputFormat.QCOW2
     compression: Compression = Compression.NONE
     preallocation: Preallocation = Preallocation.OFF
     overwrite: bool = False
 
 
+KUBEVIRT_DISK_FILE = "disk.img"  # where KubeVirt reads a disk in a Filesystem claim
+
+
 class DiskOutput(_OutputOptions):
-    path: str = Field(
+    path: str | None = Field(
+        default=None,
         min_length=1,
         max_length=4096,
-        description="output file inside the volume",
+        description="output file inside the volume (not for a claim output)",
         json_schema_extra=_rules(*RELATIVE_PATH_RULES),
     )
 
-    model_config = ConfigDict(json_schema_extra=_rules(*_OUTPUT_RULES))
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            *_OUTPUT_RULES,
+            {
+                "rule": "has(self.claim) != has(self.path)",
+                "message": "a pvc or hostPath output needs a path; a claim output has none "
+                "(the claim is the disk)",
+            },
+            {
+                "rule": "!has(self.claim) || !has(self.claim.create)"
+                " || has(self.claim.create.size)",
+                "message": "a claim to create needs its size",
+            },
+        )
+    )
+
+    @property
+    def file(self) -> str:
+        """The output file inside its volume (KubeVirt's disk.img in a Filesystem claim)."""
+        return self.path if self.path is not None else KUBEVIRT_DISK_FILE
 
 
 OUTPUT_PLACEHOLDERS = ("{vm}", "{disk}", "{format}")
@@ -205,7 +280,8 @@ DEFAULT_OUTPUT_PATH = "{vm}-{disk}.{format}"
 
 
 class VmOutput(_OutputOptions):
-    """Where the disks of a VM the operator found go: one file per disk, named by `path`."""
+    """Where the disks of a VM the operator found go: one file per disk, named by `path`,
+    or one claim per disk, named <job>-<disk>."""
 
     path: str = Field(
         default=DEFAULT_OUTPUT_PATH,
@@ -225,7 +301,20 @@ class VmOutput(_OutputOptions):
         ),
     )
 
-    model_config = ConfigDict(json_schema_extra=_rules(*_OUTPUT_RULES))
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            *_OUTPUT_RULES,
+            {
+                "rule": "!has(self.claim) || !has(self.claim.name)",
+                "message": "the claims of a VM's disks are named <job>-<disk>",
+            },
+            {
+                "rule": "!has(self.claim) || !has(self.claim.create)"
+                " || !has(self.claim.create.size)",
+                "message": "the claims of a VM's disks are sized from each disk",
+            },
+        )
+    )
 
 
 class VmSelector(_Api):
@@ -277,6 +366,54 @@ class JobSource(_Api):
     """A whole VM, whose disks the operator finds itself."""
 
     vsphere: VSphereVmSource
+
+
+class RunStrategy(enum.StrEnum):
+    ALWAYS = "Always"
+    HALTED = "Halted"
+    MANUAL = "Manual"
+    RERUN_ON_FAILURE = "RerunOnFailure"
+    ONCE = "Once"
+
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class NetworkMapping(_Api):
+    source: str = Field(min_length=1, max_length=256, description="a source network's name")
+    target: str = Field(
+        max_length=128,
+        pattern=r"^(pod|multus:[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[a-z0-9]([-a-z0-9]*[a-z0-9])?)?)$",
+        description="pod, or multus:NAME / multus:NAMESPACE/NAME (a NetworkAttachmentDefinition)",
+    )
+
+
+class KubeVirtTarget(_Api):
+    """The KubeVirt VirtualMachine the operator makes once every disk is verified."""
+
+    dryRun: bool = Field(
+        default=False, description="build the VirtualMachine into the status; make nothing"
+    )
+    name: str | None = Field(
+        default=None, max_length=63, pattern=_DNS_LABEL, description="default: the VM's name"
+    )
+    runStrategy: RunStrategy = RunStrategy.HALTED
+    labels: dict[str, str] | None = Field(default=None, max_length=32)
+    instancetype: str | None = Field(default=None, max_length=253)
+    preference: str | None = Field(default=None, max_length=253)
+    cpus: int | None = Field(default=None, ge=1, le=1024, description="default: the source's")
+    memory: str | None = Field(
+        default=None, pattern=r"^[0-9]+(Mi|Gi)$", description="e.g. 4Gi; default: the source's"
+    )
+    networks: list[NetworkMapping] = Field(
+        default_factory=list,
+        max_length=16,
+        description="where each source network goes; every network a NIC uses must be mapped",
+    )
+
+
+class Target(_Api):
+    kubevirt: KubeVirtTarget
 
 
 class Disk(_Api):
@@ -347,6 +484,9 @@ class MigrationJobSpec(_Api):
     output: VmOutput | None = Field(
         default=None, description="where the disks of source go (one file per disk)"
     )
+    target: Target | None = Field(
+        default=None, description="what to make of the migrated disks: a KubeVirt VM"
+    )
     placement: Placement | None = None
     priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
     retries: int = Field(default=3, ge=0, le=10, description="attempts after the first")
@@ -372,6 +512,24 @@ class MigrationJobSpec(_Api):
                 " || (self.operation == 'offline_fix' && has(self.fix) && self.fix.dryRun)",
                 "message": "convert and offline_fix need an output for every disk "
                 "(only an offline_fix dry run writes nothing)",
+            },
+            {
+                "rule": "!has(self.target) || self.operation != 'inspect'",
+                "message": "target needs disks written: operation convert or offline_fix",
+            },
+            {
+                "rule": "!has(self.target) || (has(self.source)"
+                " ? (has(self.output) && has(self.output.claim))"
+                " : self.disks.all(d, has(d.output) && has(d.output.claim)))",
+                "message": "target.kubevirt needs every disk in a claim (output.claim): a "
+                "VirtualMachine reads its disks from claims",
+            },
+            {
+                "rule": "!has(self.target) || has(self.source)"
+                " || has(self.target.kubevirt.instancetype)"
+                " || (has(self.target.kubevirt.cpus) && has(self.target.kubevirt.memory))",
+                "message": "nothing describes the VM of listed disks: give target.kubevirt "
+                "cpus and memory, or an instancetype",
             },
             {
                 "rule": "!has(self.fix) || self.operation == 'offline_fix'",
@@ -432,6 +590,7 @@ class VmDisk(_Api):
     controller: int | None = Field(default=None, description="a controller's key")
     unit: int | None = None
     mode: str | None = Field(default=None, description="persistent, independent_persistent, ...")
+    bootOrder: int | None = Field(default=None, description="its place in the boot order")
 
 
 class VmNic(_Api):
@@ -473,6 +632,18 @@ class SourceVm(_Api):
     )
 
 
+class KubeVirtStatus(_Api):
+    name: str
+    created: bool = Field(description="made in the cluster (false: a dry run, or refused)")
+    manifest: str | None = Field(
+        default=None, max_length=65536, description="the VirtualMachine as YAML (a dry run)"
+    )
+    origins: dict[str, str] | None = Field(
+        default=None, description="where each field came from: the source, the job, a default"
+    )
+    notes: list[str] | None = Field(default=None, max_length=64)
+
+
 class MigrationJobStatus(_Api):
     phase: Phase | None = None
     reason: str | None = None
@@ -492,6 +663,7 @@ class MigrationJobStatus(_Api):
     observedGeneration: int | None = None
     disks: list[DiskStatus] | None = None
     vm: SourceVm | None = Field(default=None, description="the source VM, as found")
+    kubevirt: KubeVirtStatus | None = Field(default=None, description="the VirtualMachine")
     conditions: list[Condition] | None = None
     history: list[PhaseTransition] | None = Field(default=None, max_length=32)
 
@@ -514,6 +686,7 @@ _FROZEN_FIELDS = {  # everything but cancel and priority; optional fields may be
     "placement": True,
     "fix": True,
     "resources": True,
+    "target": True,
 }
 IMMUTABLE_AFTER_START = {
     # Root-level transition rule: it sees both spec and status of the stored object. Once

@@ -11,8 +11,8 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from hyper2kvm_operator import claims, kubevirt_target, policy, status, vsphere_jobs, worker_pod
 from hyper2kvm_operator import conditions as cond
-from hyper2kvm_operator import policy, status, vsphere_jobs, worker_pod
 from hyper2kvm_operator.api import MigrationJobSpec, Phase
 from hyper2kvm_operator.job_state import (
     Body,
@@ -199,7 +199,8 @@ async def finish(
     killed_by = terminated.get("reason")
     outcome = policy.classify(exit_code, killed_by)
     spec = MigrationJobSpec.model_validate(body["spec"])
-    locations = {d.name: status.output_location(d.output) for d in spec.disks if d.output}
+    vm = current_status(op, body).get("vm") or {}
+    locations = status.output_locations(body["metadata"]["name"], spec, vm)
     fields = status.result_fields(result, locations) if result is not None else {}
     if result is not None:
         current = current_status(op, body)
@@ -215,6 +216,16 @@ async def finish(
     if killed_by == policy.OOM_KILLED:
         reason, message = policy.OOM_KILLED, policy.oom_message(memory_limit)
     if outcome is policy.Outcome.SUCCEEDED:
+        if result is not None:
+            await claims.mark_verified(op, body, spec, result)
+        if result is not None and spec.target is not None:
+            try:
+                await kubevirt_target.make(op, body, spec, result)
+            except kubevirt_target.VmRefused as refused:
+                # The disks are migrated and verified (their claims say so); no VM is made.
+                await move(op, body, Phase.FAILED, refused.reason, refused.message, **fields)
+                kopf.warn(event_target(body), reason=refused.reason, message=refused.message)
+                return
         await move(op, body, Phase.SUCCEEDED, cond.COMPLETED, "all disks done", **fields)
         attempt = current_status(op, body).get("attempt")
         # kopf.info() would be dropped: posting.level keeps handler logs out of Events.

@@ -76,3 +76,6 @@ POWERED_OFF = "PoweredOff"  # an Event: the operator stopped the VM
 VM_CHANGED = "VMChanged"  # its disks are not those the job was admitted with
 NO_DISKS = "NoDisks"
 SESSION_EXPIRED = "SessionExpired"  # the attempt's vSphere session ended on the server
+CLAIM_REFUSED = "ClaimRefused"  # a claim output cannot hold the disk (missing, small, wrong mode)
+KUBEVIRT_REFUSED = "KubeVirtRefused"  # the VirtualMachine could not be made
+VM_CREATED = "VirtualMachineCreated"  # an Event: the VirtualMachine was made

@@ -80,6 +80,10 @@ def _decoded(data: Mapping[str, bytes | str] | None) -> dict[str, str]:
             for key, value in (data or {}).items()}  # fmt: skip
 
 
+class NotServed(Exception):
+    """The API server serves no such resource (its CRD is not installed)."""
+
+
 class KubeApi:
     def __init__(self, api_client: k8s.ApiClient, on_write: Callable[[], None]) -> None:
         self._core = k8s.CoreV1Api(api_client)
@@ -92,10 +96,10 @@ class KubeApi:
         await self.patch_status(api.PLURAL, namespace, name, status)
 
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
-        """Create a ConfigMap, Secret or Pod. When one of that name exists (a restart's
-        retry, or somebody else's object), it is returned for the caller to judge (a Secret
-        without its data); None when created. Refused when the API server will not have it
-        (admission, quota, validation)."""
+        """Create a ConfigMap, Secret, PersistentVolumeClaim or Pod. When one of that name
+        exists (a restart's retry, or somebody else's object), it is returned for the caller
+        to judge (a Secret without its data); None when created. Refused when the API
+        server will not have it (admission, quota, validation)."""
         self._on_write()
         meta = manifest["metadata"]
         namespace, name, kind = meta["namespace"], meta["name"], manifest["kind"]
@@ -107,6 +111,10 @@ class KubeApi:
                 self._core.read_namespaced_config_map,
             ),
             "Secret": (self._core.create_namespaced_secret, self._core.read_namespaced_secret),
+            "PersistentVolumeClaim": (
+                self._core.create_namespaced_persistent_volume_claim,
+                self._core.read_namespaced_persistent_volume_claim,
+            ),
         }
         create, read = calls[kind]
         try:
@@ -249,3 +257,44 @@ class KubeApi:
                 return None
             raise
         return cast(dict[str, Any], found)
+
+    async def read_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            claim = await _call(self._core.read_namespaced_persistent_volume_claim, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        result: dict[str, Any] = self._core.api_client.sanitize_for_serialization(claim)
+        return result
+
+    async def annotate_claim(
+        self, namespace: str, name: str, annotations: Mapping[str, str | None]
+    ) -> None:
+        """Set (or, for None, remove) annotations of a claim: a merge patch of those alone."""
+        self._on_write()
+        await _call(
+            self._core.patch_namespaced_persistent_volume_claim,
+            name,
+            namespace,
+            {"metadata": {"annotations": dict(annotations)}},
+        )
+
+    async def create_virtual_machine(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a KubeVirt VirtualMachine; the one of that name when it exists (for the
+        caller to judge), None when created. NotServed when KubeVirt is not installed."""
+        self._on_write()
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        where = ("kubevirt.io", "v1", namespace, "virtualmachines")
+        try:
+            await _call(self._custom.create_namespaced_custom_object, *where, manifest)
+        except ApiException as error:
+            if error.status == 409:
+                found = await _call(self._custom.get_namespaced_custom_object, *where, name)
+                return cast(dict[str, Any], found)
+            if error.status == 404:
+                raise NotServed("virtualmachines.kubevirt.io") from error
+            if error.status in (400, 403, 422):
+                raise Refused("VirtualMachine", name, error.status, _api_message(error)) from error
+            raise
+        return None

@@ -15,8 +15,9 @@ from typing import Any
 
 import kopf
 
-from hyper2kvm_operator import conditions as cond
 from hyper2kvm_operator import (
+    claims,
+    kubevirt_target,
     network_policy,
     placement,
     policy,
@@ -26,6 +27,7 @@ from hyper2kvm_operator import (
     worker_job,
     worker_pod,
 )
+from hyper2kvm_operator import conditions as cond
 from hyper2kvm_operator.api import MigrationJobSpec, Phase
 from hyper2kvm_operator.job_state import (
     Body,
@@ -67,6 +69,11 @@ async def admit(op: Operator, body: Body) -> None:
         if vm is None:
             return
         found["vm"] = vm
+        try:  # what the VM's description can tell now, not after hours of copying
+            kubevirt_target.check(body, MigrationJobSpec.model_validate(body["spec"]), vm)
+        except kubevirt_target.VmRefused as refused:
+            await fail_now(op, body, refused.reason, refused.message)
+            return
     await move(
         op,
         body,
@@ -287,12 +294,15 @@ async def _ensure_pod(op: Operator, body: Body, attempt: int, node: str) -> bool
     spec = MigrationJobSpec.model_validate(body["spec"])
     namespace = body["metadata"]["namespace"]
     rules = op.policy()
+    found = await claims.prepare(op, body, spec, attempt)  # before the VM is stopped
+    if found is None:
+        return False
     vm = None
     if spec.source is not None:
         vm = await vsphere_jobs.prepare(op, body, attempt)
         if vm is None:
             return False
-    plan = worker_job.plan(f"{namespace}/{body['metadata']['name']}", spec, rules, vm)
+    plan = worker_job.plan(f"{namespace}/{body['metadata']['name']}", spec, rules, vm, found)
     made = await _make_children(op, body, spec, attempt, node, plan)
     if not made and vm is not None:
         await vsphere_jobs.end(op, body)  # the attempt's session, with no worker to use it

@@ -9,8 +9,10 @@ import posixpath
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hyper2kvm_operator import claim_outputs
 from hyper2kvm_operator import conditions as cond
-from hyper2kvm_operator.api import DiskOutput, Phase
+from hyper2kvm_operator.api import DiskOutput, MigrationJobSpec, Phase, VmOutput
+from hyper2kvm_operator.vsphere import job_view
 from hyper2kvm_worker.protocol import JobState, Progress, Result
 
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
@@ -105,12 +107,27 @@ def worker_phase(progress: Progress) -> Phase | None:
     return _WORKER_PHASE.get(progress.state)
 
 
-def output_location(output: DiskOutput) -> str:
-    """Where an output is, in the terms the user wrote it (not the Pod's mount path)."""
+def output_locations(job: str, spec: MigrationJobSpec, vm: Mapping[str, Any]) -> dict[str, str]:
+    """Where each disk's output is, by disk, in the terms the user wrote it (not the Pod's
+    mount path); `vm` is the status of a source VM, whose disks the job found."""
+    found = {d.name: _location(job, d.name, d.output, d.output.file)
+             for d in spec.disks if d.output is not None}  # fmt: skip
+    rule = spec.output
+    if rule is not None:
+        for disk in vm.get("disks") or []:
+            name = str(disk["name"])
+            path = job_view.output_path(rule.path, str(vm.get("name", "")), name, rule.format)
+            found[name] = _location(job, name, rule, path)
+    return found
+
+
+def _location(job: str, disk: str, output: DiskOutput | VmOutput, file: str) -> str:
+    if output.claim is not None:
+        return f"claim:{claim_outputs.claim_name(job, disk, output)}"
     if output.pvc is not None:
-        return f"pvc:{output.pvc.claimName}/{output.path}"
+        return f"pvc:{output.pvc.claimName}/{file}"
     assert output.hostPath is not None
-    return posixpath.join(output.hostPath.path, output.path)
+    return posixpath.join(output.hostPath.path, file)
 
 
 def result_fields(result: Result, locations: Mapping[str, str]) -> dict[str, Any]:

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hyper2kvm_operator import api
+from hyper2kvm_operator.claim_outputs import ClaimFacts
 from hyper2kvm_operator.tenancy import Policy
 from hyper2kvm_operator.vsphere import job_view
 from hyper2kvm_operator.vsphere.mapping import DiskCopy
 from hyper2kvm_worker import protocol
 
 VOLUMES_ROOT = "/volumes"
+DEVICES_ROOT = "/dev/hyper2kvm"  # where Block claims appear in the worker Pod
 SECRETS_ROOT = "/secrets"
 SCRATCH = "/scratch"
 
@@ -27,10 +30,11 @@ class VolumePlan:
     """One Pod volume: a PVC or a host directory, mounted at `mount_path`."""
 
     name: str
-    mount_path: str
+    mount_path: str  # for a device: its path in the Pod
     read_only: bool
     claim_name: str | None = None
     host_path: str | None = None
+    device: bool = False  # a Block claim, given to the Pod as a device
 
 
 @dataclass
@@ -45,12 +49,14 @@ class _Planner:
                 self.volumes[key] = dataclasses.replace(existing, read_only=False)
             return existing.mount_path
         name = f"vol-{len(self.volumes)}"
+        device = kind == "device"
         plan = VolumePlan(
             name=name,
-            mount_path=f"{VOLUMES_ROOT}/{name}",
+            mount_path=f"{DEVICES_ROOT if device else VOLUMES_ROOT}/{name}",
             read_only=read_only,
-            claim_name=target if kind == "pvc" else None,
+            claim_name=target if kind in ("pvc", "device") else None,
             host_path=target if kind == "host" else None,
+            device=device,
         )
         self.volumes[key] = plan
         return plan.mount_path
@@ -88,16 +94,23 @@ def plan(
     spec: api.MigrationJobSpec,
     policy: Policy | None = None,
     vm: VmDisks | None = None,
+    claims: Mapping[str, ClaimFacts] | None = None,
 ) -> WorkerJobPlan:
-    """The worker's job for `spec` (with `vm`, the disks of its source VM), with the limits
-    of `policy` only the worker can check."""
+    """The worker's job for `spec` (with `vm`, the disks of its source VM; with `claims`,
+    the claim outputs as found, by disk), with the limits of `policy` only the worker can
+    check."""
     policy = policy or Policy()
+    claims = claims or {}
     planner = _Planner()
     secrets: list[str] = []
     disks = []
     for disk in spec.disks:
         source = _source(disk.source, planner, secrets)
-        output = _output(disk.output, planner) if disk.output is not None else None
+        output = (
+            _output(disk.output, planner, claims.get(disk.name))
+            if disk.output is not None
+            else None
+        )
         disks.append(protocol.Disk(name=disk.name, source=source, output=output))
     if spec.source is not None:
         if vm is None:
@@ -106,7 +119,9 @@ def plan(
             protocol.Disk(
                 name=name,
                 source=_vm_source(vm, copy),
-                output=_vm_output(spec.output, vm.vm_name, name, planner) if spec.output else None,
+                output=_vm_output(spec.output, vm.vm_name, name, planner, claims.get(name))
+                if spec.output
+                else None,
             )
             for name, copy in vm.disks
         ]
@@ -195,15 +210,23 @@ def _secret(name: str, secrets: list[str]) -> str:
     return f"{SECRETS_ROOT}/{name}"
 
 
-def _output(output: api.DiskOutput, planner: _Planner) -> protocol.Output:
-    if output.pvc is not None:
+def _output(
+    output: api.DiskOutput, planner: _Planner, claim: ClaimFacts | None
+) -> protocol.Output | protocol.DeviceOutput:
+    if output.claim is not None:
+        if claim is None:
+            raise ValueError("a claim output needs the claim as found")
+        if claim.block:
+            return protocol.DeviceOutput(device=planner.mount("device", claim.name, False))
+        root = planner.mount("pvc", claim.name, read_only=False)
+    elif output.pvc is not None:
         root = planner.mount("pvc", output.pvc.claimName, read_only=False)
     else:
         assert output.hostPath is not None  # the CRD's rule: exactly one
         root = planner.mount("host", output.hostPath.path, read_only=False)
     return protocol.Output(
         root=root,
-        path=output.path,
+        path=output.file,
         format=protocol.OutputFormat(output.format.value),
         compression=protocol.Compression(output.compression.value),
         preallocation=protocol.Preallocation(output.preallocation.value),
@@ -226,14 +249,19 @@ def _vm_source(vm: VmDisks, copy: DiskCopy) -> protocol.VSphereSource:
     )
 
 
-def _vm_output(rule: api.VmOutput, vm_name: str, disk: str, planner: _Planner) -> protocol.Output:
+def _vm_output(
+    rule: api.VmOutput, vm_name: str, disk: str, planner: _Planner, claim: ClaimFacts | None
+) -> protocol.Output | protocol.DeviceOutput:
     as_disk = api.DiskOutput(
         pvc=rule.pvc,
         hostPath=rule.hostPath,
-        path=job_view.output_path(rule.path, vm_name, disk, rule.format.value),
+        claim=rule.claim,
+        path=None
+        if rule.claim is not None
+        else job_view.output_path(rule.path, vm_name, disk, rule.format.value),
         format=rule.format,
         compression=rule.compression,
         preallocation=rule.preallocation,
         overwrite=rule.overwrite,
     )
-    return _output(as_disk, planner)
+    return _output(as_disk, planner, claim)

@@ -7,11 +7,11 @@ the Pod it already made instead of making a second one.
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 from hyper2kvm_operator import api
+from hyper2kvm_operator.names import short_name
 from hyper2kvm_operator.settings import Settings
 from hyper2kvm_operator.worker_job import SCRATCH, SECRETS_ROOT, WorkerJobPlan
 from hyper2kvm_worker.protocol import Operation
@@ -46,20 +46,6 @@ CONTAINER_SECURITY_CONTEXT = {
 }
 TERMINATION_LOG = "/dev/termination-log"
 TMP_SIZE = "64Mi"  # /tmp holds sockets and small files only; scratch space is SCRATCH
-
-
-NAME_MAX = 63  # a DNS label: a Pod's hostname, a label value
-
-
-def short_name(job: str, suffix: str = "") -> str:
-    """`<job><suffix>`, or for a long job name a shortened one with a hash of the whole:
-    at most 63 characters, deterministic, and distinct for distinct jobs."""
-    name = f"{job}{suffix}"
-    if len(name) <= NAME_MAX:
-        return name
-    digest = hashlib.sha256(job.encode()).hexdigest()[:8]
-    keep = NAME_MAX - len(suffix) - len(digest) - 1
-    return f"{job[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
 def pod_name(job: str, attempt: int) -> str:
@@ -195,6 +181,7 @@ def worker_pod(
         {"name": "scratch", "mountPath": SCRATCH},
         {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - a private emptyDir, not shared /tmp
     ]
+    devices: list[dict[str, Any]] = []
     for volume in plan.volumes:
         if volume.claim_name is not None:
             source: dict[str, Any] = {
@@ -208,6 +195,9 @@ def worker_pod(
             # kubelet does it), an admin prepares them under the policy's prefixes.
             source = {"hostPath": {"path": volume.host_path, "type": "Directory"}}
         volumes.append({"name": volume.name, **source})
+        if volume.device:  # a Block claim: the raw device, owned by the Pod's user
+            devices.append({"name": volume.name, "devicePath": volume.mount_path})
+            continue
         mounts.append(
             {"name": volume.name, "mountPath": volume.mount_path, "readOnly": volume.read_only}
         )
@@ -248,6 +238,7 @@ def worker_pod(
         ],
         "ports": [{"name": "progress", "containerPort": settings.worker_port}],
         "volumeMounts": mounts,
+        **({"volumeDevices": devices} if devices else {}),
         "resources": resources(spec, settings),
         "securityContext": security_context(
             spec.operation, body["metadata"]["namespace"], settings

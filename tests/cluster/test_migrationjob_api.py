@@ -241,3 +241,28 @@ def test_a_whole_vm_as_the_source(crd: None, cluster: Cluster, namespace: str) -
     stop = vm_job("stop")
     stop["spec"]["source"]["vsphere"]["powerOff"] = "reboot"
     assert "Unsupported value" in apply(cluster, namespace, stop).stderr
+
+
+def test_claim_outputs(crd: None, cluster: Cluster, namespace: str) -> None:
+    block = {"claim": {"create": {"volumeMode": "Block", "size": "20Gi"}}, "format": "raw"}
+    accepted = apply(cluster, namespace, job("block", output=block))
+    assert accepted.returncode == 0, accepted.stderr
+    found = kubectl(cluster, "get", "-n", namespace, "mj", "block", "-o", "json").stdout
+    claim = json.loads(found)["spec"]["disks"][0]["output"]["claim"]
+    assert claim["create"]["accessModes"] == ["ReadWriteOnce"]
+    for output, message in [
+        ({**block, "path": "disk.img"}, "a claim output has none"),
+        ({**block, "format": "qcow2"}, "a Block claim holds the disk raw: format raw"),
+        ({"claim": {"create": {}}, "format": "raw"}, "a claim to create needs its size"),
+        ({"hostPath": {"path": "/o"}, "format": "raw"}, "a pvc or hostPath output needs a path"),
+        (
+            {"claim": {"create": {"size": "1Gi", "accessModes": ["Everyone"]}}},
+            "Unsupported value",
+        ),
+    ]:
+        refused = apply(cluster, namespace, job("bad-claim", output=output))
+        assert message in refused.stderr, (output, refused.stderr)
+    named = vm_job("vm-claims", output={"claim": {"name": "one", "create": {}}, "format": "raw"})
+    assert "named <job>-<disk>" in apply(cluster, namespace, named).stderr
+    sized = vm_job("vm-sized", output={"claim": {"create": {"size": "1Gi"}}, "format": "raw"})
+    assert "sized from each disk" in apply(cluster, namespace, sized).stderr

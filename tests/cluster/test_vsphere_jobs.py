@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tests.cluster.conftest import Cluster, host_folder
 from tests.cluster.harness.processes import wait_until
+from tests.cluster.harness.provisioner import STORAGE_CLASS
 from tests.cluster.operator_process import OperatorProcess
 from tests.cluster.test_operator import (
+    REPO,
     TERMINAL,
     job_status,
+    kubectl,
     submit,
     wait_phase,
     worker_pods,
@@ -175,7 +179,8 @@ def test_a_vm_named_in_a_job_is_migrated_without_its_password_reaching_the_worke
 
     held = wait_until(session_secret, timeout=120, what="the attempt's session Secret")
     assert held["key"] in session_keys(simulator)
-    pods = wait_until(lambda: worker_pods(cluster, namespace, "web"), timeout=60, what="a Pod")
+    pods = wait_until(lambda: worker_pods(cluster, namespace, "web") or None, timeout=60,
+                      what="the worker Pod")  # fmt: skip
 
     final = wait_end(cluster, namespace, "web")
     assert final["phase"] == "Succeeded", (final, operator.log_tail())
@@ -397,3 +402,122 @@ def test_vcsim_killed_mid_copy_is_a_transient_failure_and_the_job_is_retried(
         # Read while vcsim runs: it removes its datastores when it stops.
         assert same_content(source, out / f"{vm}-disk-1.qcow2", "raw", "qcow2")
         assert final["disks"][0]["digest"] == raw_digest(source)
+
+
+# KubeVirt cannot run here. Its VirtualMachine kind is served by a CRD that keeps whatever
+# it is given; what the operator made is then checked by KubeVirt's own Go types (a strict
+# decode: hack/kubevirt), as `kubectl apply` against a real KubeVirt would.
+VM_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "virtualmachines.kubevirt.io"},
+    "spec": {
+        "group": "kubevirt.io",
+        "scope": "Namespaced",
+        "names": {"kind": "VirtualMachine", "plural": "virtualmachines",
+                  "singular": "virtualmachine", "listKind": "VirtualMachineList"},
+        "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+            "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        }}],
+    },
+}  # fmt: skip
+
+
+@pytest.fixture
+def kubevirt_vms(cluster: Cluster) -> Iterator[None]:
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(VM_CRD))
+    kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/virtualmachines.kubevirt.io")  # fmt: skip
+    yield
+    cluster.kubectl("delete", "crd", "virtualmachines.kubevirt.io", "--timeout=60s")
+
+
+def kubevirt_check(manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    bin_dir = subprocess.run(
+        ["bash", str(REPO / "hack" / "kubevirt" / "build.sh"), "--print-bin-dir"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    return subprocess.run([f"{bin_dir}/kubevirt-check"], input=json.dumps(manifest),
+                          capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+
+
+def test_a_migrated_vm_ends_as_a_kubevirt_vm_over_its_verified_claims(
+    operator: OperatorProcess,
+    cluster: Cluster,
+    namespace: str,
+    simulator: vcsim.Vcsim,
+    kubevirt_vms: None,
+    tmp_path: Path,
+) -> None:
+    """Two jobs of one VM: one makes the VirtualMachine, the other (a dry run) shows it in
+    its status; both write the two disks into claims the operator makes (sized from each
+    disk, provisioned by the test cluster's provisioner), and mark them verified."""
+    cluster.require_local()
+    vm = unique("app")
+    vms.create(simulator, vm)
+    raws = fill_disks(simulator, vm, tmp_path)
+    connect_provider(cluster, namespace, simulator)
+    for name, dry_run in (("app", False), ("app-dry", True)):
+        body = vm_job(cluster, name, vm, tmp_path / "unused")
+        body["spec"]["output"] = {
+            "claim": {"create": {"storageClassName": STORAGE_CLASS}}, "format": "qcow2",
+        }  # fmt: skip
+        body["spec"]["target"] = {"kubevirt": {"dryRun": dry_run, "networks": [
+            {"source": vms.NETWORKS[0], "target": "pod"},
+            {"source": vms.NETWORKS[1], "target": "multus:default/vlan20"},
+        ]}}  # fmt: skip
+        if dry_run:
+            body["spec"]["target"]["kubevirt"]["name"] = "preview"
+        submit(cluster, namespace, body)
+    made = wait_end(cluster, namespace, "app")
+    dry = wait_end(cluster, namespace, "app-dry")
+    assert made["phase"] == "Succeeded", (made, operator.log_tail())
+    assert dry["phase"] == "Succeeded", (dry, operator.log_tail())
+
+    # Every claim holds its disk, verified, and says so with the digest.
+    for job in ("app", "app-dry"):
+        for index, raw in enumerate(raws, start=1):
+            claim = cluster.kube.get(
+                f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{job}-disk-{index}"
+            )
+            annotations = claim["metadata"]["annotations"]
+            assert annotations["hyper2kvm.io/verified"] == "true", claim
+            assert annotations["hyper2kvm.io/digest"] == raw_digest(raw)
+            store = Path(cluster.kube.get(
+                f"/api/v1/persistentvolumes/{claim['spec']['volumeName']}"
+            )["spec"]["local"]["path"])  # fmt: skip
+            assert same_content(raw, store / "disk.img", "raw", "qcow2")
+
+    # The VirtualMachine: KubeVirt's types take it; the source's hardware is in it.
+    name = made["kubevirt"]["name"]
+    assert made["kubevirt"]["created"] is True
+    found = cluster.kube.get(f"/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}")
+    assert "ownerReferences" not in found["metadata"]  # the job may go; the VM stays
+    manifest = {k: found[k] for k in ("apiVersion", "kind", "spec")}
+    manifest["metadata"] = {"name": name}
+    checked = kubevirt_check(manifest)
+    assert checked.returncode == 0, checked.stderr
+    template = found["spec"]["template"]["spec"]
+    assert found["spec"]["runStrategy"] == "Halted"
+    assert template["domain"]["cpu"]["cores"] * template["domain"]["cpu"].get("sockets", 1) == 4
+    assert template["domain"]["memory"]["guest"] == "2Gi"
+    assert template["domain"]["firmware"]["bootloader"]["efi"]["secureBoot"] is True
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in template["volumes"]]
+    assert sorted(claims) == ["app-disk-1", "app-disk-2"]
+    macs = [i["macAddress"] for i in template["domain"]["devices"]["interfaces"]]
+    assert macs == list(vms.MACS)
+    assert template["networks"][1] == {"name": "net1", "multus": {
+        "networkName": "default/vlan20"}}  # fmt: skip
+    origins = made["kubevirt"]["origins"]
+    assert origins["domain.cpu"] == "vsphere" and origins["domain.devices.disks.bus"] == "job"
+    created = [e for e in events(cluster, namespace, "app")
+               if e["reason"] == "VirtualMachineCreated"]  # fmt: skip
+    assert created, events(cluster, namespace, "app")
+
+    # The dry run made no VM, and shows the one it would make.
+    assert dry["kubevirt"]["created"] is False
+    shown = yaml.safe_load(dry["kubevirt"]["manifest"])
+    assert (shown["kind"], shown["metadata"]["name"]) == ("VirtualMachine", "preview")
+    assert kubevirt_check(shown).returncode == 0
+    where = f"/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/preview"
+    assert cluster.kube.get_or_none(where) is None

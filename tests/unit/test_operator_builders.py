@@ -222,12 +222,46 @@ def test_result_fields_use_the_users_terms_for_outputs() -> None:
             ),
         ],
     )
-    job_spec = spec()
-    assert job_spec.disks[0].output is not None
-    where = {"boot": status.output_location(job_spec.disks[0].output)}
+    where = status.output_locations("web01", spec(), {})
+    assert where == {
+        "boot": "pvc:kvm/web/boot.qcow2",
+        "data": "/srv/kvm/data.raw",
+        "iso": "pvc:vmware/out/x.qcow2",
+    }
     fields = status.result_fields(result, where)
     assert fields["disks"][0]["output"] == "pvc:kvm/web/boot.qcow2"
     assert fields["progress"] == "100%"
+
+
+def test_a_vms_disks_are_found_where_the_naming_rule_or_the_claims_put_them() -> None:
+    vm = {"name": "web 01", "disks": [{"name": "disk-1", "capacityBytes": 1 << 30},
+                                      {"name": "disk-2", "capacityBytes": 3 << 30}]}  # fmt: skip
+    source = {"vsphere": {"provider": "vc", "vm": {"name": "web 01"}}}
+    files = MigrationJobSpec.model_validate(
+        {
+            "operation": "convert",
+            "source": source,
+            "output": {"hostPath": {"path": "/srv/kvm"}, "format": "raw"},
+        }
+    )
+    assert status.output_locations("web01", files, vm) == {
+        "disk-1": "/srv/kvm/web-01-disk-1.raw",
+        "disk-2": "/srv/kvm/web-01-disk-2.raw",
+    }
+    into_claims = MigrationJobSpec.model_validate(
+        {
+            "operation": "convert",
+            "source": source,
+            "output": {
+                "claim": {"create": {"volumeMode": "Block", "storageClassName": "fast"}},
+                "format": "raw",
+            },
+        }
+    )
+    assert status.output_locations("web01", into_claims, vm) == {
+        "disk-1": "claim:web01-disk-1",
+        "disk-2": "claim:web01-disk-2",
+    }
 
 
 def test_policy() -> None:

@@ -13,6 +13,7 @@ from hyper2kvm_operator.placement import QueuedJob, SourceLimits, WorkerNode, pl
 from hyper2kvm_operator.vsphere import job_view, mapping
 from hyper2kvm_operator.vsphere.facts import ControllerFacts, DiskFacts, NicFacts, VmFacts
 from hyper2kvm_operator.vsphere.power import How, Stopped
+from hyper2kvm_worker import protocol
 
 MiB = 1 << 20
 
@@ -184,7 +185,8 @@ def test_the_worker_reads_each_disk_with_the_attempt_session_only() -> None:
         "format": "raw",
         "size": 64 * MiB,
     }
-    assert first.output is not None and first.output.path == "web-01-prod-disk-1.raw"
+    assert isinstance(first.output, protocol.Output)
+    assert first.output.path == "web-01-prod-disk-1.raw"
     assert [v.host_path for v in plan.volumes] == ["/srv/out"]
     with pytest.raises(ValueError, match="needs the VM's disks"):
         worker_job.plan("ns/web01", _vm_spec())
@@ -225,3 +227,10 @@ def test_an_esxi_host_at_its_limit_holds_back_only_its_own_jobs() -> None:
     )
     unlimited = SourceLimits(active={host: 50})
     assert len(place(queue, nodes, {}, sources=unlimited)) == 4
+
+
+def test_the_hardware_read_back_from_the_status_is_the_hardware_vsphere_described() -> None:
+    booting = dataclasses.replace(FACTS, boot_disk_keys=(2001, 2000))
+    recorded = job_view.vm_status("vc", booting)
+    assert job_view.hardware_of(recorded) == mapping.hardware(booting)
+    assert [d.boot_order for d in job_view.hardware_of(recorded).disks] == [1, 0]

@@ -24,7 +24,7 @@ import blake3
 import psutil
 import pytest
 
-from hyper2kvm_worker import libguestfs
+from hyper2kvm_worker import hardware, kubevirt, libguestfs
 from tests import requirements
 from tests.guest import build_guest
 from tests.worker.conftest import WORKER, Outcome, assert_one_line_error, leftovers
@@ -514,10 +514,57 @@ def test_fix_options_belong_to_offline_fix(tmp_path: Path) -> None:
     assert "offline_fix only" in outcome.stderr
 
 
+def kubevirt_machine(fixed: FixedGuest) -> dict[str, Any]:
+    """The VirtualMachine the operator would make of the fixed guest: offline_fix put the
+    virtio drivers in, so the generated VM names virtio (and BIOS: the guest boots GRUB from
+    its MBR)."""
+    report = fixed.outcome.result()["disks"][0]
+    assert report["fixes"]["initramfs"] in ("applied", "not_needed"), report
+    guest = hardware.Hardware(
+        described_by=hardware.DescribedBy.VMX,
+        name="debian12",
+        cpus=1,
+        memory_bytes=768 << 20,
+        firmware=hardware.Firmware.BIOS,
+        disks=[hardware.HardwareDisk(label="Hard disk 1", capacity_bytes=1 << 30)],
+        nics=[hardware.HardwareNic(label="Network adapter 1", model="vmxnet3",
+                                   mac="00:50:56:aa:bb:01", network="VM Network")],
+    )  # fmt: skip
+    built = kubevirt.build_vm(guest, ["debian12-root"], virtio=True,
+                              networks={"VM Network": kubevirt.POD},
+                              options=kubevirt.VmOptions())  # fmt: skip
+    return built.manifest
+
+
+def qemu_devices(machine: dict[str, Any], image: Path) -> list[str]:
+    """qemu's firmware, disk and NIC options for exactly what `machine` names."""
+    domain = machine["spec"]["template"]["spec"]["domain"]
+    [disk] = domain["devices"]["disks"]
+    [nic] = domain["devices"]["interfaces"]
+    assert "efi" not in domain.get("firmware", {}).get("bootloader", {})  # SeaBIOS, qemu's own
+    drive = f"file={image},format=qcow2,snapshot=on"
+    bus = disk["disk"]["bus"]
+    if bus == "virtio":
+        disk_options = ["-drive", f"{drive},if=virtio"]
+    else:
+        assert bus == "sata", bus
+        disk_options = ["-device", "ahci,id=sata", "-drive", f"{drive},if=none,id=d0",
+                        "-device", "ide-hd,drive=d0,bus=sata.0"]  # fmt: skip
+    model = {"virtio": "virtio-net-pci", "e1000e": "e1000e"}[nic["model"]]
+    return [*disk_options, "-netdev", "user,id=n0",
+            "-device", f"{model},netdev=n0,mac={nic['macAddress']}"]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_fixed_guest_boots_on_virtio(fixed: FixedGuest) -> None:
-    """SeaBIOS, GRUB, the kernel, the initramfs on virtio-blk, fstab, eth0 and firstboot."""
+def test_fixed_guest_boots_as_its_kubevirt_vm_says(fixed: FixedGuest) -> None:
+    """With the firmware, disk bus and NIC model of the VirtualMachine made for it:
+    SeaBIOS, GRUB, the kernel, the initramfs on virtio-blk, fstab, eth0 and firstboot."""
     assert fixed.outcome.returncode == 0, fixed.outcome.stderr
+    machine = kubevirt_machine(fixed)
+    devices = machine["spec"]["template"]["spec"]["domain"]["devices"]
+    assert (devices["disks"][0]["disk"]["bus"], devices["interfaces"][0]["model"]) == (
+        "virtio", "virtio",
+    )  # fmt: skip
     serial = fixed.workdir / "serial.log"
     accel = "kvm" if kvm_works() else "tcg"
     qemu = subprocess.Popen(
@@ -525,8 +572,7 @@ def test_fixed_guest_boots_on_virtio(fixed: FixedGuest) -> None:
             "qemu-system-x86_64",
             *("-accel", accel, "-m", "768", "-nodefaults", "-display", "none", "-no-reboot"),
             *("-serial", f"file:{serial}"),
-            *("-drive", f"file={fixed.output},format=qcow2,if=virtio,snapshot=on"),
-            *("-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0"),
+            *qemu_devices(machine, fixed.output),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -7,12 +7,21 @@ Pure: no I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from hyper2kvm_operator import conditions as cond
 from hyper2kvm_operator.vsphere import refusals
 from hyper2kvm_operator.vsphere.facts import VmFacts
 from hyper2kvm_operator.vsphere.power import POWERED_OFF, How, Stopped
+from hyper2kvm_worker.hardware import (
+    Controller,
+    DescribedBy,
+    Firmware,
+    Hardware,
+    HardwareDisk,
+    HardwareNic,
+)
 
 MESSAGE_LIMIT = 1024
 
@@ -44,6 +53,7 @@ def output_path(rule: str, vm_name: str, disk: str, fmt: str) -> str:
 def vm_status(provider: str, facts: VmFacts) -> dict[str, Any]:
     """`status.vm`: the VM as vSphere describes it (the API's SourceVm)."""
     names = dict(zip((d.key for d in facts.disks), disk_names(facts), strict=True))
+    boot = {key: order for order, key in enumerate(facts.boot_disk_keys)}
     found: dict[str, Any] = {
         "provider": provider,
         "moref": facts.moref,
@@ -76,6 +86,7 @@ def vm_status(provider: str, facts: VmFacts) -> dict[str, Any]:
                     "controller": d.controller_key,
                     "unit": d.unit,
                     "mode": d.disk_mode,
+                    "bootOrder": boot.get(d.key),
                 }
             )
             for d in facts.disks
@@ -125,6 +136,52 @@ def stopped_message(vm_name: str, stopped: Stopped) -> str:
     }[stopped.how]
     note = f" ({stopped.note})" if stopped.note else ""
     return f"VM {vm_name} {how}{note}"
+
+
+def hardware_of(vm: Mapping[str, Any]) -> Hardware:
+    """The VM's hardware as the status recorded it at admission (`vm_status`), for the
+    VirtualMachine built once its disks are migrated."""
+    memory = vm.get("memoryMiB")
+    firmware = vm.get("firmware")
+    return Hardware(
+        described_by=DescribedBy.VSPHERE,
+        name=vm.get("name"),
+        cpus=vm.get("cpus"),
+        cores_per_socket=vm.get("coresPerSocket"),
+        memory_bytes=int(memory) << 20 if memory else None,
+        firmware=Firmware(firmware) if firmware in ("bios", "efi") else None,
+        secure_boot=bool(vm.get("secureBoot")),
+        guest_os=vm.get("guestId"),
+        machine=vm.get("hardwareVersion"),
+        uuid=vm.get("biosUuid"),
+        controllers=[
+            Controller(
+                key=str(c["key"]),
+                kind=c["kind"],
+                bus=c.get("bus", 0),
+                shared=c.get("sharing", "noSharing") != "noSharing",
+            )
+            for c in vm.get("controllers") or []
+        ],
+        disks=[
+            HardwareDisk(
+                label=d["label"],
+                capacity_bytes=d["capacityBytes"],
+                controller=str(d["controller"]) if d.get("controller") is not None else None,
+                unit=d.get("unit"),
+                file=d.get("file"),
+                datastore=d.get("datastore"),
+                boot_order=d.get("bootOrder"),
+            )
+            for d in vm.get("disks") or []
+        ],
+        nics=[
+            HardwareNic(
+                label=n["label"], model=n["model"], mac=n.get("mac"), network=n.get("network")
+            )
+            for n in vm.get("nics") or []
+        ],
+    )
 
 
 def same_disks(before: list[dict[str, Any]], facts: VmFacts) -> str:
