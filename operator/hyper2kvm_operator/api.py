@@ -525,13 +525,6 @@ class MigrationJobSpec(_Api):
                 "VirtualMachine reads its disks from claims",
             },
             {
-                "rule": "!has(self.target) || has(self.source)"
-                " || has(self.target.kubevirt.instancetype)"
-                " || (has(self.target.kubevirt.cpus) && has(self.target.kubevirt.memory))",
-                "message": "nothing describes the VM of listed disks: give target.kubevirt "
-                "cpus and memory, or an instancetype",
-            },
-            {
                 "rule": "!has(self.fix) || self.operation == 'offline_fix'",
                 "message": "fix options apply to operation offline_fix only",
             },

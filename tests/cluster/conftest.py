@@ -155,3 +155,12 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     )
     yield name
     cluster.kube.delete(f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture
+def kubevirt_vms(cluster: Cluster) -> Iterator[None]:
+    """KubeVirt's VirtualMachine kind served for the test (see tests/cluster/kubevirt.py)."""
+    from tests.cluster.kubevirt import serve_virtual_machines  # it needs this module's Cluster
+
+    with serve_virtual_machines(cluster):
+        yield

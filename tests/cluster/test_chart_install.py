@@ -251,7 +251,10 @@ def test_chart_operator_converts_a_disk_with_its_own_service_account(
         ("list", "configmaps", False),
         ("create", "networkpolicies.networking.k8s.io", True),
         ("delete", "networkpolicies.networking.k8s.io", False),
-        ("create", "persistentvolumeclaims", False),
+        ("create", "persistentvolumeclaims", True),  # claim outputs the job asks to make
+        ("delete", "persistentvolumeclaims", False),  # a migrated disk: only its owner removes it
+        ("create", "secrets", True),  # a vSphere attempt's own session
+        ("update", "secrets", False),
         ("patch", "nodes", False),
         ("create", "deployments.apps", False),
         ("create", "clusterroles.rbac.authorization.k8s.io", False),

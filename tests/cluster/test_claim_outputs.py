@@ -5,6 +5,9 @@ whether its disk is verified, and with which digest."""
 
 from __future__ import annotations
 
+import io
+import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import pytest
 from tests.cluster.conftest import Cluster, host_folder
 from tests.cluster.harness.processes import wait_until
 from tests.cluster.harness.provisioner import BACKING_ANNOTATION, STORAGE_CLASS
+from tests.cluster.kubevirt import kubevirt_check
 from tests.cluster.operator_process import OperatorProcess
 from tests.cluster.test_operator import (
     TERMINAL,
@@ -24,6 +28,7 @@ from tests.cluster.test_operator import (
 from tests.worker.images import MiB, make_raw, raw_digest, same_content, to_vmdk
 
 VERIFIED, DIGEST = "hyper2kvm.io/verified", "hyper2kvm.io/digest"
+GOLDEN = Path(__file__).resolve().parents[1] / "unit" / "golden"
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +132,65 @@ def device_of(cluster: Cluster, namespace: str, name: str) -> Path:
 
     made = wait_until(bound, timeout=60, what=f"claim {name} bound")
     return Path(volume_of(cluster, made)["metadata"]["annotations"][BACKING_ANNOTATION])
+
+
+def test_an_ova_ends_as_the_kubevirt_vm_its_ovf_describes(
+    operator: OperatorProcess,
+    cluster: Cluster,
+    namespace: str,
+    kubevirt_vms: None,
+    tmp_path: Path,
+) -> None:
+    """The worker reads the OVA's OVF; the operator makes the VirtualMachine it describes
+    (EFI with secure boot, the OVF's MACs) over the claims of the job's disks."""
+    cluster.require_local()
+    raw = make_raw(tmp_path / "web.raw", 64 * MiB, [(0, MiB), (40 * MiB, 3 * MiB)])
+    disks = host_folder(tmp_path / "disks", writable=False)
+    streams = {
+        name: to_vmdk(raw, tmp_path / name, "streamOptimized")
+        for name in ("web01-disk1.vmdk", "web01-disk2.vmdk")
+    }
+    descriptor = (GOLDEN / "web01.ovf").read_text()
+    for index, stream in enumerate(streams.values(), start=1):
+        declared = re.search(rf'ovf:id="file{index}" ovf:size="\d+"', descriptor)
+        assert declared is not None
+        descriptor = descriptor.replace(
+            declared[0], f'ovf:id="file{index}" ovf:size="{stream.stat().st_size}"'
+        )
+    descriptor = re.sub(r'ovf:capacity="\d+" ovf:capacityAllocationUnits="[^"]+"',
+                        'ovf:capacity="64" ovf:capacityAllocationUnits="byte * 2^20"',
+                        descriptor)  # fmt: skip
+    descriptor = re.sub(r'ovf:populatedSize="\d+"', "", descriptor)
+    with tarfile.open(disks / "web01.ova", "w", format=tarfile.USTAR_FORMAT) as tar:
+        data = descriptor.encode()
+        info = tarfile.TarInfo("web01.ovf")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name, stream in streams.items():
+            tar.add(stream, arcname=name)
+    (disks / "web01.ova").chmod(0o644)
+    job_disks = [
+        {"name": f"d{index}",
+         "source": {"ova": {"hostPath": {"path": str(disks / "web01.ova")}, "disk": member}},
+         "output": {"claim": {"create": {"storageClassName": STORAGE_CLASS, "size": "256Mi"}}}}
+        for index, member in ((2, "web01-disk2.vmdk"), (1, "web01-disk1.vmdk"))
+    ]  # fmt: skip
+    networks = [{"source": "VM Network", "target": "pod"},
+                {"source": "backend-vlan20", "target": "multus:net/vlan20"}]  # fmt: skip
+    body = migration("web", cluster, job_disks, target={"kubevirt": {"networks": networks}})
+    submit(cluster, namespace, body)
+    final = wait_phase(cluster, namespace, "web", TERMINAL, timeout=240)
+    assert final["phase"] == "Succeeded", (final, operator.log_tail())
+    assert final["kubevirt"]["origins"]["domain.firmware"] == "ovf"
+    found = cluster.kube.get(
+        f"/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{final['kubevirt']['name']}"
+    )
+    checked = kubevirt_check({k: found[k] for k in ("apiVersion", "kind", "metadata", "spec")})
+    assert checked.returncode == 0, checked.stderr
+    template = found["spec"]["template"]["spec"]
+    assert template["domain"]["firmware"]["bootloader"]["efi"]["secureBoot"] is True
+    # The OVF's disk order, whatever order the job listed them in.
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in template["volumes"]]
+    assert claims == ["web-d1", "web-d2"]
+    macs = [i["macAddress"] for i in template["domain"]["devices"]["interfaces"]]
+    assert macs == ["00:50:56:ab:12:34", "00:50:56:ab:56:78"]

@@ -18,12 +18,11 @@ import yaml
 from tests.cluster.conftest import Cluster, host_folder
 from tests.cluster.harness.processes import wait_until
 from tests.cluster.harness.provisioner import STORAGE_CLASS
+from tests.cluster.kubevirt import kubevirt_check
 from tests.cluster.operator_process import OperatorProcess
 from tests.cluster.test_operator import (
-    REPO,
     TERMINAL,
     job_status,
-    kubectl,
     submit,
     wait_phase,
     worker_pods,
@@ -109,6 +108,15 @@ def fill_disks(sim: vcsim.Vcsim, vm: str, work: Path) -> list[Path]:
     return raws
 
 
+def vm_with_data(
+    sim: vcsim.Vcsim, prefix: str, work: Path, power_on: bool = False
+) -> tuple[str, list[Path]]:
+    """A new VM (see vms.create) whose disks hold known bytes, and those bytes' images."""
+    vm = unique(prefix)
+    vms.create(sim, vm, power_on=power_on)
+    return vm, fill_disks(sim, vm, work)
+
+
 def wait_end(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return wait_phase(cluster, namespace, name, TERMINAL, timeout=FINISH_TIMEOUT)
 
@@ -163,9 +171,7 @@ def test_a_vm_named_in_a_job_is_migrated_without_its_password_reaching_the_worke
     tmp_path: Path,
 ) -> None:
     cluster.require_local()
-    vm = unique("web")
-    vms.create(simulator, vm)
-    raws = fill_disks(simulator, vm, tmp_path)
+    vm, raws = vm_with_data(simulator, "web", tmp_path)
     connect_provider(cluster, namespace, simulator)
     out = tmp_path / "out"
     submit(cluster, namespace, vm_job(cluster, "web", vm, out))
@@ -278,9 +284,7 @@ def test_a_running_vm_is_shut_down_when_the_job_asks_and_the_status_says_so(
     tmp_path: Path,
 ) -> None:
     cluster.require_local()
-    vm = unique("db")
-    vms.create(simulator, vm, power_on=True)
-    raws = fill_disks(simulator, vm, tmp_path)
+    vm, raws = vm_with_data(simulator, "db", tmp_path, power_on=True)
     connect_provider(cluster, namespace, simulator)
     out = tmp_path / "out"
     submit(cluster, namespace, vm_job(cluster, "db", vm, out, powerOff="shutdown"))
@@ -295,6 +299,26 @@ def test_a_running_vm_is_shut_down_when_the_job_asks_and_the_status_says_so(
     assert same_content(raws[0], out / f"{vm}-disk-1.qcow2", "raw", "qcow2")
 
 
+def test_a_pinned_thumbprint_reaches_the_worker_as_the_pinned_certificate(
+    operator: OperatorProcess,
+    cluster: Cluster,
+    namespace: str,
+    simulator: vcsim.Vcsim,
+    tmp_path: Path,
+) -> None:
+    """curl cannot pin a thumbprint: the worker trusts the certificate the operator found
+    behind the pinned thumbprint, and nothing else."""
+    cluster.require_local()
+    vm, raws = vm_with_data(simulator, "pin", tmp_path)
+    connect_provider(cluster, namespace, simulator, name="pinned",
+                     trust={"thumbprint": simulator.thumbprint_sha256})  # fmt: skip
+    out = tmp_path / "out"
+    submit(cluster, namespace, vm_job(cluster, "pinned", vm, out, "pinned"))
+    final = wait_end(cluster, namespace, "pinned")
+    assert final["phase"] == "Succeeded", (final, operator.log_tail())
+    assert same_content(raws[1], out / f"{vm}-disk-2.qcow2", "raw", "qcow2")
+
+
 def test_no_more_disks_are_read_from_one_esxi_host_than_its_provider_allows(
     operator: OperatorProcess,
     cluster: Cluster,
@@ -307,10 +331,7 @@ def test_no_more_disks_are_read_from_one_esxi_host_than_its_provider_allows(
     cluster.require_local()
     connect_provider(cluster, namespace, simulator, name="one-at-a-time", maxDisksPerHost=1)
     wait_ready(cluster, namespace, "one-at-a-time", "True", "Connected")
-    names = {"first": unique("app"), "second": unique("app")}
-    for vm in names.values():
-        vms.create(simulator, vm)
-        fill_disks(simulator, vm, tmp_path)
+    names = {job: vm_with_data(simulator, "app", tmp_path)[0] for job in ("first", "second")}
     for job, vm in names.items():
         submit(cluster, namespace, vm_job(cluster, job, vm, tmp_path / job, "one-at-a-time"))
     said: list[str] = []
@@ -404,43 +425,6 @@ def test_vcsim_killed_mid_copy_is_a_transient_failure_and_the_job_is_retried(
         assert final["disks"][0]["digest"] == raw_digest(source)
 
 
-# KubeVirt cannot run here. Its VirtualMachine kind is served by a CRD that keeps whatever
-# it is given; what the operator made is then checked by KubeVirt's own Go types (a strict
-# decode: hack/kubevirt), as `kubectl apply` against a real KubeVirt would.
-VM_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "virtualmachines.kubevirt.io"},
-    "spec": {
-        "group": "kubevirt.io",
-        "scope": "Namespaced",
-        "names": {"kind": "VirtualMachine", "plural": "virtualmachines",
-                  "singular": "virtualmachine", "listKind": "VirtualMachineList"},
-        "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-            "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        }}],
-    },
-}  # fmt: skip
-
-
-@pytest.fixture
-def kubevirt_vms(cluster: Cluster) -> Iterator[None]:
-    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(VM_CRD))
-    kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/virtualmachines.kubevirt.io")  # fmt: skip
-    yield
-    cluster.kubectl("delete", "crd", "virtualmachines.kubevirt.io", "--timeout=60s")
-
-
-def kubevirt_check(manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    bin_dir = subprocess.run(
-        ["bash", str(REPO / "hack" / "kubevirt" / "build.sh"), "--print-bin-dir"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    return subprocess.run([f"{bin_dir}/kubevirt-check"], input=json.dumps(manifest),
-                          capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
-
-
 def test_a_migrated_vm_ends_as_a_kubevirt_vm_over_its_verified_claims(
     operator: OperatorProcess,
     cluster: Cluster,
@@ -453,9 +437,7 @@ def test_a_migrated_vm_ends_as_a_kubevirt_vm_over_its_verified_claims(
     its status; both write the two disks into claims the operator makes (sized from each
     disk, provisioned by the test cluster's provisioner), and mark them verified."""
     cluster.require_local()
-    vm = unique("app")
-    vms.create(simulator, vm)
-    raws = fill_disks(simulator, vm, tmp_path)
+    vm, raws = vm_with_data(simulator, "app", tmp_path)
     connect_provider(cluster, namespace, simulator)
     for name, dry_run in (("app", False), ("app-dry", True)):
         body = vm_job(cluster, name, vm, tmp_path / "unused")

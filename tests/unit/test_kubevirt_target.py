@@ -10,6 +10,7 @@ import pytest
 from hyper2kvm_operator import api, kubevirt_vm
 from hyper2kvm_operator.vsphere import job_view
 from hyper2kvm_worker.errors import WorkerError
+from hyper2kvm_worker.hardware import DescribedBy, Hardware, HardwareDisk
 from hyper2kvm_worker.protocol import DiskResult, JobState, Operation, Result
 from tests.unit.test_vsphere_job_view import FACTS
 
@@ -74,7 +75,8 @@ def test_listed_disks_make_a_vm_of_the_jobs_values_and_the_sizes_found() -> None
             DiskResult(name="data", virtual_size=GiB),
         ],
     )
-    hardware = kubevirt_vm.hardware(spec, {}, result)
+    hardware, names = kubevirt_vm.hardware(spec, {}, result)
+    assert names == ["root", "data"]
     assert [(d.label, d.capacity_bytes) for d in hardware.disks] == [
         ("root", 8 * GiB), ("data", GiB),
     ]  # fmt: skip
@@ -107,3 +109,39 @@ def test_virtio_only_once_offline_fix_put_its_drivers_in_the_guest() -> None:
     assert not kubevirt_vm.virtio_ready(fixed, result(None))
     converted = fixed.model_copy(update={"operation": Operation.CONVERT})
     assert not kubevirt_vm.virtio_ready(converted, result("applied"))
+
+
+def test_disks_an_ova_or_vmx_describes_are_matched_to_the_jobs_by_file_name() -> None:
+    described = Hardware(
+        described_by=DescribedBy.OVF,
+        name="web01",
+        cpus=2,
+        memory_bytes=4 * GiB,
+        disks=[
+            HardwareDisk(label="Hard disk 1", capacity_bytes=8 * GiB, file="web01-disk1.vmdk"),
+            HardwareDisk(label="Hard disk 2", capacity_bytes=GiB, file="web01-disk2.vmdk"),
+        ],
+    )
+
+    def ova_job(*members: str) -> api.MigrationJobSpec:
+        return api.MigrationJobSpec.model_validate(
+            {
+                "operation": "convert",
+                "disks": [
+                    {
+                        "name": f"d{i}",
+                        "source": {"ova": {"hostPath": {"path": "/srv/web01.ova"}, "disk": member}},
+                        "output": {"claim": {"name": f"c{i}"}},
+                    }
+                    for i, member in enumerate(members)
+                ],
+            }
+        )
+
+    # The job lists the OVA's disks in another order: the VM keeps the OVF's.
+    reordered = ova_job("web01-disk2.vmdk", "web01-disk1.vmdk")
+    assert kubevirt_vm.described_disks(described, reordered) == ["d1", "d0"]
+    with pytest.raises(WorkerError, match=r"Hard disk 2 .* is none of the job's disks"):
+        kubevirt_vm.described_disks(described, ova_job("web01-disk1.vmdk", "other.vmdk"))
+    one = described.model_copy(update={"disks": described.disks[:1]})
+    assert kubevirt_vm.described_disks(one, ova_job("anything.vmdk")) == ["d0"]

@@ -17,8 +17,10 @@ from hyper2kvm_worker.conversion import (
     check_not_a_source,
     check_output,
 )
+from hyper2kvm_worker.describe import describe
 from hyper2kvm_worker.errors import BadInput, Cancelled, ExitCode, Reason, WorkerError
 from hyper2kvm_worker.events import EventSink
+from hyper2kvm_worker.hardware import Hardware
 from hyper2kvm_worker.protocol import (
     DeviceOutput,
     Disk,
@@ -60,11 +62,17 @@ class JobRunner:
         results: list[DiskResult] = []
         staged: list[PendingOutput] = []
         error: ErrorInfo | None = None
+        hardware: Hardware | None = None
         ticker = threading.Thread(target=self._tick, name="progress-events", daemon=True)
         ticker.start()
         try:
             self._move(JobState.VALIDATING)
             self._validate()
+            if self.job.writes_outputs:
+                described = describe(self.job)
+                hardware = described.hardware
+                if described.note:
+                    self._sink.emit("log", level="warning", message=described.note)
             self._move(JobState.RUNNING)
             if self.job.writes_outputs or self.job.operation is Operation.INSPECT:
                 for disk in self.job.disks:
@@ -108,6 +116,7 @@ class JobRunner:
             disks=results,
             error=error,
             history=list(self._machine.history),
+            hardware=hardware,
         )
 
     @staticmethod

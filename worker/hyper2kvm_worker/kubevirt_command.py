@@ -14,17 +14,16 @@ import argparse
 import json
 import re
 import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hyper2kvm_worker import kubevirt, ovf, vmx
+from hyper2kvm_worker.describe import read_bounded, read_ova_descriptor
 from hyper2kvm_worker.errors import BadInput, ExitCode, Reason
 from hyper2kvm_worker.hardware import Hardware
 
 PROG = "hyper2kvm-worker"
-OVA_MAX_MEMBERS = 10_000  # the descriptor is the first member of a real OVA
 _MEMORY = re.compile(r"^(?P<n>\d{1,12})(?P<unit>Mi|Gi)$")
 
 
@@ -93,48 +92,10 @@ def read_hardware(ova: Path | None, ovf_file: Path | None, vmx_file: Path | None
     if ova is not None:
         return ovf.parse_ovf(read_ova_descriptor(ova))
     if ovf_file is not None:
-        return ovf.parse_ovf(_read_bounded(ovf_file, ovf.OVF_MAX_BYTES))
+        return ovf.parse_ovf(read_bounded(ovf_file, ovf.OVF_MAX_BYTES))
     assert vmx_file is not None  # argparse requires one of the three
-    text = _read_bounded(vmx_file, vmx.VMX_MAX_BYTES).decode("utf-8", errors="replace")
+    text = read_bounded(vmx_file, vmx.VMX_MAX_BYTES).decode("utf-8", errors="replace")
     return vmx.parse_vmx(text)
-
-
-def read_ova_descriptor(path: Path) -> bytes:
-    """The first .ovf member of the OVA at `path`, read whole (it is bounded)."""
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for _ in range(OVA_MAX_MEMBERS):
-                member = tar.next()
-                if member is None:
-                    break
-                if member.isfile() and member.name.lower().endswith(".ovf"):
-                    if member.size > ovf.OVF_MAX_BYTES:
-                        raise BadInput(
-                            Reason.INVALID_IMAGE,
-                            f"{path}: {member.name} is {member.size} bytes, "
-                            f"more than the {ovf.OVF_MAX_BYTES} accepted",
-                        )
-                    stream = tar.extractfile(member)
-                    assert stream is not None  # a regular file always has one
-                    return stream.read(ovf.OVF_MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise BadInput(Reason.SOURCE_NOT_FOUND, f"{path} does not exist") from None
-    except (tarfile.TarError, OSError) as error:
-        raise BadInput(Reason.INVALID_IMAGE, f"{path} is not a readable OVA: {error}") from None
-    raise BadInput(Reason.INVALID_IMAGE, f"{path} holds no .ovf descriptor")
-
-
-def _read_bounded(path: Path, limit: int) -> bytes:
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(limit + 1)
-    except FileNotFoundError:
-        raise BadInput(Reason.SOURCE_NOT_FOUND, f"{path} does not exist") from None
-    except OSError as error:
-        raise BadInput(Reason.SOURCE_NOT_FOUND, f"cannot read {path}: {error.strerror}") from None
-    if len(data) > limit:
-        raise BadInput(Reason.INVALID_IMAGE, f"{path} is larger than the {limit} bytes accepted")
-    return data
 
 
 def _options(

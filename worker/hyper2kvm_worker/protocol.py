@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from hyper2kvm_worker.hardware import Hardware
+
 PROTOCOL_VERSION: Literal["hyper2kvm.io/worker-job/v1"] = "hyper2kvm.io/worker-job/v1"
 RESULT_MAX_BYTES = 4096  # a Pod's termination message is cut at 4 KiB
 DIGEST_ALGORITHM = "blake3"  # of the raw virtual disk content, as `b3sum` prints it
@@ -432,23 +434,28 @@ class Result(_Model):
     disks: list[DiskResult] = []
     error: ErrorInfo | None = None
     history: list[Transition] = []
+    hardware: Hardware | None = Field(
+        default=None, description="what the OVA's OVF or a .vmx beside the disks describes"
+    )
 
 
 def encode_result(result: Result) -> str:
-    """JSON for the termination message, cut to fit: summaries go first, the outcome stays."""
+    """JSON for the termination message, cut to fit: summaries go first, then the history,
+    then the VM's description; the outcome and the disks' digests stay longest."""
     text = result.model_dump_json(exclude_none=True)
     if len(text.encode()) <= RESULT_MAX_BYTES:
         return text
     slim = result.model_copy(
         update={"disks": [disk.model_copy(update={"inspection": None}) for disk in result.disks]}
     )
-    text = slim.model_dump_json(exclude_none=True)
-    if len(text.encode()) <= RESULT_MAX_BYTES:
-        return text
-    slimmer = slim.model_copy(update={"history": slim.history[-2:]})
-    text = slimmer.model_dump_json(exclude_none=True)
-    if len(text.encode()) <= RESULT_MAX_BYTES:
-        return text
+    cuts: list[dict[str, object]] = [
+        {}, {"history": result.history[-2:]}, {"history": [], "hardware": None},
+    ]  # fmt: skip
+    for cut in cuts:
+        slim = slim.model_copy(update=cut)
+        text = slim.model_dump_json(exclude_none=True)
+        if len(text.encode()) <= RESULT_MAX_BYTES:
+            return text
     # Only the outcome and the error remain; per-disk details are in the events file.
-    bare = slimmer.model_copy(update={"disks": [], "history": []})
+    bare = slim.model_copy(update={"disks": [], "history": []})
     return bare.model_dump_json(exclude_none=True)
