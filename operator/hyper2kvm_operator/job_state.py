@@ -29,6 +29,16 @@ from hyper2kvm_operator.vsphere.logins import Logins
 Body = Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A slot taken by an attempt just placed (and, for a vSphere job, a read from its
+    ESXi host), before the indices show the attempt."""
+
+    node: str
+    since: float  # monotonic seconds
+    source_host: str | None = None  # "namespace/provider/host"
+
+
 @dataclass
 class Operator:
     """The operator's state in memory: what Kopf's indices do not hold."""
@@ -39,11 +49,9 @@ class Operator:
     clock: Callable[[], datetime]
     rng: random.Random = field(default_factory=random.Random)
     # Slots taken by attempts just placed, until the index of active jobs shows them or the
-    # attempt ends: job -> (node, since). A reservation also lapses after
-    # reconcile.RESERVATION_SECONDS, so one whose attempt came and went between two looks
-    # at the index cannot hold a slot forever.
-    reservations: dict[str, tuple[str, float]] = field(default_factory=dict)
-    reserved_sources: dict[str, str] = field(default_factory=dict)  # job -> its ESXi host
+    # attempt ends. A reservation also lapses after reconcile.RESERVATION_SECONDS, so one
+    # whose attempt came and went between two looks at the index cannot hold a slot forever.
+    reservations: dict[str, Reservation] = field(default_factory=dict)
     view: Snapshot = field(default_factory=Snapshot)
     # The status as this operator last wrote it: Kopf's view of the object lags behind our
     # own patches by one watch event, and a history computed from it would lose entries.

@@ -32,6 +32,7 @@ from hyper2kvm_operator.api import MigrationJobSpec, Phase
 from hyper2kvm_operator.job_state import (
     Body,
     Operator,
+    Reservation,
     current_status,
     event_target,
     fail_now,
@@ -162,12 +163,11 @@ def _load(op: Operator, active: dict[str, set[str]]) -> tuple[dict[str, int], di
     """Attempts running per node and per namespace: the active jobs (as the operator wrote
     their status, never as Pods of anybody's say so) and the reservations not yet seen."""
     now = time.monotonic()
-    for job, (node, since) in list(op.reservations.items()):
-        if job in active.get(node, set()) or now - since > RESERVATION_SECONDS:
+    for job, held in list(op.reservations.items()):
+        if job in active.get(held.node, set()) or now - held.since > RESERVATION_SECONDS:
             del op.reservations[job]
-            op.reserved_sources.pop(job, None)
     keys = {(node, key) for node, found in active.items() for key in found}
-    keys |= {(node, key) for key, (node, _) in op.reservations.items()}
+    keys |= {(held.node, key) for key, held in op.reservations.items()}
     load: dict[str, int] = {}
     namespaces: dict[str, int] = {}
     for node, key in keys:
@@ -183,8 +183,9 @@ def _sources(
 ) -> placement.SourceLimits:
     """Jobs reading from each ESXi host: the active ones and the reservations not yet seen."""
     counts = {host: len(keys) for host, keys in reading.items()}
-    for key, host in op.reserved_sources.items():
-        if key in op.reservations and key not in reading.get(host, set()):
+    for key, held in op.reservations.items():
+        host = held.source_host
+        if host is not None and key not in reading.get(host, set()):
             counts[host] = counts.get(host, 0) + 1
     return placement.SourceLimits(active=counts, limit=host_limit)
 
@@ -237,10 +238,7 @@ async def place_if_first(
         return
     attempt = int(state.get("attempt") or 0) + 1
     pod = worker_pod.pod_name(body["metadata"]["name"], attempt)
-    op.reservations[key] = (target.name, time.monotonic())
-    host = source_host(body)
-    if host is not None:
-        op.reserved_sources[key] = host
+    op.reservations[key] = Reservation(target.name, time.monotonic(), source_host(body))
     op.plan_version += 1
     could_run_since = max(
         policy.parse_time(state.get("queuedTime") or now).timestamp(),
@@ -303,7 +301,7 @@ async def _ensure_pod(op: Operator, body: Body, attempt: int, node: str) -> bool
         if vm is None:
             return False
     plan = worker_job.plan(f"{namespace}/{body['metadata']['name']}", spec, rules, vm, found)
-    made = await _make_children(op, body, spec, attempt, node, plan)
+    made = await _make_children(op, body, spec, attempt, node, plan, rules)
     if not made and vm is not None:
         await vsphere_jobs.end(op, body)  # the attempt's session, with no worker to use it
     return made
@@ -316,9 +314,9 @@ async def _make_children(
     attempt: int,
     node: str,
     plan: worker_job.WorkerJobPlan,
+    rules: tenancy.Policy,
 ) -> bool:
     namespace = body["metadata"]["namespace"]
-    rules = op.policy()
     problem = await _credentials_problem(op, namespace, plan.secrets)
     if problem:
         await fail_now(op, body, cond.CREDENTIALS_REFUSED, problem)
@@ -382,7 +380,6 @@ async def forget(op: Operator, body: Body) -> None:
     op.written.pop(key, None)
     op.view.jobs.pop(key, None)
     op.reservations.pop(key, None)
-    op.reserved_sources.pop(key, None)
     op.wakeups.pop(key, None)
     op.locks.pop(key, None)
 
