@@ -75,6 +75,16 @@ async def _call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
+async def _unless_missing(function: Callable[..., T], *args: Any) -> T | None:
+    """`function(*args)` through `_call`; None when the object does not exist (404)."""
+    try:
+        return await _call(function, *args)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+
+
 def _decoded(data: Mapping[str, bytes | str] | None) -> dict[str, str]:
     return {key: base64.b64decode(value).decode("utf-8", "replace")
             for key, value in (data or {}).items()}  # fmt: skip
@@ -121,10 +131,10 @@ class KubeApi:
             await _call(create, namespace, body)
         except ApiException as error:
             if error.status == 409:
-                existing = await _call(read, name, namespace)
-                result: dict[str, Any] = self._core.api_client.sanitize_for_serialization(existing)
-                result.pop("data", None)
-                return result
+                existing = self._plain(await _call(read, name, namespace))
+                assert existing is not None
+                existing.pop("data", None)  # a Secret's: its caller judges the owner only
+                return existing
             if error.status in (400, 403, 422):
                 raise Refused(kind, name, error.status, _api_message(error)) from error
             raise
@@ -158,12 +168,7 @@ class KubeApi:
         return [cidr for item in found.items if item.spec for cidr in item.spec.cidrs or []]
 
     async def _read_secret(self, namespace: str, name: str) -> k8s.V1Secret | None:
-        try:
-            return await _call(self._core.read_namespaced_secret, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+        return await _unless_missing(self._core.read_namespaced_secret, name, namespace)
 
     async def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
         """The labels of a Secret (None when it does not exist); its data is not kept."""
@@ -202,14 +207,8 @@ class KubeApi:
         )
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            pod = await _call(self._core.read_namespaced_pod, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        result: dict[str, Any] = self._core.api_client.sanitize_for_serialization(pod)
-        return result
+        pod = await _unless_missing(self._core.read_namespaced_pod, name, namespace)
+        return self._plain(pod)
 
     async def delete_pod(self, namespace: str, name: str, grace: int = 30) -> None:
         self._on_write()
@@ -243,29 +242,25 @@ class KubeApi:
 
     async def read_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A hyper2kvm.io object of the namespace; None when there is none of that name."""
-        try:
-            found = await _call(
-                self._custom.get_namespaced_custom_object,
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                plural,
-                name,
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return cast(dict[str, Any], found)
+        found = await _unless_missing(
+            self._custom.get_namespaced_custom_object,
+            api.GROUP,
+            api.VERSION,
+            namespace,
+            plural,
+            name,
+        )
+        return cast(dict[str, Any] | None, found)
 
     async def read_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            claim = await _call(self._core.read_namespaced_persistent_volume_claim, name, namespace)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        result: dict[str, Any] = self._core.api_client.sanitize_for_serialization(claim)
+        read = self._core.read_namespaced_persistent_volume_claim
+        return self._plain(await _unless_missing(read, name, namespace))
+
+    def _plain(self, model: Any) -> dict[str, Any] | None:
+        """A client model as the plain mapping the API server sent; None stays None."""
+        if model is None:
+            return None
+        result: dict[str, Any] = self._core.api_client.sanitize_for_serialization(model)
         return result
 
     async def annotate_claim(

@@ -182,11 +182,7 @@ async def end(op: Operator, body: Body) -> None:
     except Refusal as refusal:
         # The server ends an idle session by itself; the cookie goes with the Secret now.
         log.warning("%s: the worker's vSphere session was not ended: %s", key_of(body), refusal)
-    meta = body["metadata"]
-    attempt = int(current_status(op, body).get("attempt") or 0)
-    await op.kube.delete_secret(
-        meta["namespace"], worker_pod.session_secret_name(meta["name"], attempt)
-    )
+    await op.kube.delete_secret(body["metadata"]["namespace"], _attempt_secret(op, body))
 
 
 # ---------------------------------------------------------------------------- parts
@@ -302,12 +298,16 @@ async def _session_secret(op: Operator, body: Body, login: Login, attempt: int) 
 async def _attempt_session(op: Operator, body: Body) -> sessions.WorkerSession | None:
     """The running attempt's session, from its Secret (only one this job owns)."""
     meta = body["metadata"]
-    attempt = int(current_status(op, body).get("attempt") or 0)
-    name = worker_pod.session_secret_name(meta["name"], attempt)
-    data = await op.kube.owned_secret(meta["namespace"], name, meta["uid"])
+    data = await op.kube.owned_secret(meta["namespace"], _attempt_secret(op, body), meta["uid"])
     if data is None or not data.get(COOKIE_KEY) or not data.get(SESSION_KEY):
         return None
     return sessions.restore(data[COOKIE_KEY], data[SESSION_KEY])
+
+
+def _attempt_secret(op: Operator, body: Body) -> str:
+    """The name of the Secret of the job's current (or last) attempt's session."""
+    attempt = int(current_status(op, body).get("attempt") or 0)
+    return worker_pod.session_secret_name(body["metadata"]["name"], attempt)
 
 
 def _server(login: Login) -> str:
