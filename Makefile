@@ -57,8 +57,9 @@ crds: venv ## regenerate crds/ (and the chart's copy) from the API models; tests
 	$(PYTHON) -m hyper2kvm_operator.crd crds
 	cp crds/*.yaml charts/hyper2kvm/crds/
 
-bench: setup cluster-binaries ## benchmarks: conversion against qemu-img and cp; the operator under load
+bench: setup cluster-binaries ## benchmarks: conversion against qemu-img and cp, over a shaped link; the operator under load
 	$(PYTHON) bench/convert_bench.py
+	$(PYTHON) bench/remote_bench.py
 	$(PYTHON) bench/operator_bench.py
 
 demo: setup cluster-binaries chart-tools ## convert a generated VMDK end to end, then through the chart-installed operator

@@ -5,7 +5,8 @@ set -euo pipefail
 
 packages=(
     qemu-utils          # qemu-img, qemu-nbd: conversion, compare, map
-    nbdkit              # sources: file, curl and ssh plugins, tar and retry filters
+    nbdkit              # sources: file and ssh plugins, tar and retry filters
+    nbdkit-plugin-python  # runs the worker's HTTP(S) range reader (range_reader.py)
     openssh-server      # sshd: the tests' ESXi-over-SSH source is a real OpenSSH server
     openssh-client      # ssh-keygen: the tests' host and client keys
     libnbd-bin          # nbdcopy, nbdinfo: streaming virtual content for digests
@@ -28,6 +29,8 @@ packages=(
     containernetworking-plugins  # their Pod networks (bridge, host-local, portmap, loopback)
     iptables            # kube-proxy's Service rules and the CNI bridge's, inside each node
     mount               # losetup: loop devices behind the test cluster's Block volumes
+    nginx-light         # make bench: the web server behind the remote benchmark's shaped link
+    iproute2            # make bench: its network namespace, veth pair and tc rate limit
 )
 
 missing=()

@@ -26,6 +26,8 @@ COMMANDS = {
     "setpriv": "util-linux",
     "sfdisk": "fdisk",
     "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
     "guestfish": "libguestfs-tools",
     "qemu-system-x86_64": "qemu-system-x86",
     "debootstrap": "debootstrap",

@@ -492,6 +492,17 @@ class MigrationJobSpec(_Api):
     retries: int = Field(default=3, ge=0, le=10, description="attempts after the first")
     timeoutSeconds: int = Field(default=86400, ge=30, le=7 * 86400)
     verify: bool = Field(default=True, description="prove each output equals its source")
+    parallelDisks: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="disks converted at once in the worker; default: one per CPU of its Pod",
+    )
+    skipFreeSpace: bool = Field(
+        default=False,
+        description="take blocks no guest filesystem uses as zero and do not read them "
+        "(libguestfs, as virt-v2v); the result says how many bytes",
+    )
     cancel: bool = Field(default=False, description="set to true to stop the job")
     fix: FixOptions | None = None
     resources: Resources | None = None
@@ -561,6 +572,11 @@ class DiskStatus(_Api):
     fileSize: int | None = None
     digest: str | None = None
     verified: bool | None = None
+    freeSpaceZeroed: int | None = Field(
+        default=None,
+        description="skipFreeSpace: bytes no guest filesystem used, taken as zero and not "
+        "read; the digest is of the disk with them zero",
+    )
     inspection: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )

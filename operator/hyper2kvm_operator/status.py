@@ -142,6 +142,7 @@ def result_fields(result: Result, locations: Mapping[str, str]) -> dict[str, Any
             "fileSize": disk.file_size,
             "digest": disk.digest,
             "verified": disk.verified,
+            "freeSpaceZeroed": disk.free_space_zeroed,
             "inspection": disk.inspection,
         }
         disks.append({key: value for key, value in entry.items() if value is not None})

@@ -130,6 +130,8 @@ def plan(
         operation=spec.operation,
         disks=disks,
         verify=spec.verify,
+        parallel_disks=spec.parallelDisks,
+        skip_free_space=spec.skipFreeSpace,
         fix=_fix(spec.fix),
         limits=protocol.Limits(
             max_virtual_size=policy.max_virtual_size,

@@ -129,7 +129,7 @@ def resources(spec: api.MigrationJobSpec, settings: Settings) -> dict[str, Any]:
     wanted = spec.resources
     requests = dict(settings.worker_requests)
     limits = dict(settings.worker_limits)
-    if spec.operation is Operation.OFFLINE_FIX:
+    if spec.operation is Operation.OFFLINE_FIX or spec.skipFreeSpace:
         limits["memory"] = settings.fix_memory_limit  # libguestfs' appliance VM on top
     if wanted is not None and wanted.requests is not None:
         requests.update(wanted.requests.model_dump(exclude_none=True))

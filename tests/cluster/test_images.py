@@ -144,7 +144,7 @@ def test_worker_image_reports_what_it_can_do(worker: Running) -> None:
     assert caps["ready"] is True, caps["missing"]
     # Its own fixed appliance: no kernel of the node's needed.
     assert caps["offline_fix_ready"] is True, caps["offline_fix_missing"]
-    assert {"file", "curl"} <= set(caps["nbdkit_plugins"])
+    assert {"file", "python", "ssh"} <= set(caps["nbdkit_plugins"])
     assert "zstd" in caps["qcow2_compression"]
     assert caps["locations"][0]["free_bytes"] > 0
 

@@ -301,6 +301,24 @@ def test_fix_options_reach_the_worker_job() -> None:
     assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "4Gi"
 
 
+def test_parallel_disks_and_free_space_reach_the_worker_job_and_come_back() -> None:
+    job = worker_job.plan("vms/web01", spec(parallelDisks=4, skipFreeSpace=True)).job
+    assert (job.parallel_disks, job.skip_free_space) == (4, True)
+    default = worker_job.plan("vms/web01", spec()).job
+    assert (default.parallel_disks, default.skip_free_space) == (None, False)
+    result = Result(
+        job="j",
+        state=JobState.SUCCEEDED,
+        disks=[DiskResult(name="boot", digest="blake3:ab", free_space_zeroed=3 << 30)],
+    )
+    assert status.result_fields(result, {})["disks"][0]["freeSpaceZeroed"] == 3 << 30
+    # libguestfs' appliance runs in the Pod to find the free space: the memory of a fix
+    trimming = spec(skipFreeSpace=True)
+    plan = worker_job.plan("vms/web01", trimming)
+    pod = worker_pod.worker_pod(BODY, trimming, 1, "n", plan, Settings())
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "4Gi"
+
+
 def test_scratch_is_a_shared_claim_a_claim_per_pod_or_node_disk() -> None:
     assert worker_pod.scratch_volume(Settings()) == {"emptyDir": {"sizeLimit": "10Gi"}}
     shared = Settings(scratch_claim="scratch", scratch_size="50Gi")

@@ -4,6 +4,7 @@ optionally HTTPS and asking for a session cookie as a vSphere datastore does."""
 from __future__ import annotations
 
 import re
+import socket
 import ssl
 import threading
 import time
@@ -25,6 +26,8 @@ def serve(
     redirects: dict[str, str] | None = None,
     tls: tuple[Path, Path] | None = None,
     cookie: str | None = None,
+    served: list[int] | None = None,
+    drop: tuple[int, int] = (0, 0),
 ) -> Iterator[str]:
     """Serve `directory` on `host` at a free port; yields the base URL.
 
@@ -32,10 +35,16 @@ def serve(
 
     `fail_first` requests are answered 503 first: an outage that passes.
 
+    `served`, when given, gets the number of body bytes sent appended for every GET.
+
+    `drop` (after, count): once `after` body bytes have been sent in all, the next `count`
+    GETs have their connection closed halfway through the body, as a link that drops.
+
     `tls` (certificate, key) serves HTTPS; with `cookie`, a request without exactly that
     Cookie header is answered 401, as vSphere answers an expired session.
     """
     failures = [fail_first]
+    sent_total, drops_left = [0], [drop[1]]
     lock = threading.Lock()
     # One budget for all connections: clients read in parallel (nbdkit, qemu's coroutines).
     next_send = [time.monotonic()]
@@ -104,9 +113,15 @@ def serve(
             self.send_header("Content-Length", str(end - start + 1))
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
+            with lock:
+                dropping = sent_total[0] >= drop[0] and drops_left[0] > 0
+                drops_left[0] -= dropping
+            sent = 0
             with target.open("rb") as stream:
                 stream.seek(start)
                 remaining = end - start + 1
+                if dropping:
+                    remaining //= 2
                 while remaining > 0:
                     chunk = stream.read(min(remaining, 64 * 1024))
                     if not chunk:
@@ -117,6 +132,14 @@ def serve(
                     except (BrokenPipeError, ConnectionResetError):
                         return
                     remaining -= len(chunk)
+                    sent += len(chunk)
+            with lock:
+                sent_total[0] += sent
+                if served is not None:
+                    served.append(sent)
+            if dropping:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
 
         def log_message(self, format: str, *args: object) -> None:
             return

@@ -146,7 +146,7 @@ def test_capabilities(tmp_path: Path, run_worker: RunWorker) -> None:
     assert caps["offline_fix_ready"] is True and caps["offline_fix_missing"] == []
     assert caps["qemu_img"].startswith("qemu-img version")
     assert caps["nbdkit"].startswith("nbdkit")
-    assert {"file", "curl"} <= set(caps["nbdkit_plugins"])
+    assert {"file", "python", "ssh"} <= set(caps["nbdkit_plugins"])
     assert "tar" in caps["nbdkit_filters"]
     assert "zlib" in caps["qcow2_compression"]
     assert isinstance(caps["kvm"], bool)

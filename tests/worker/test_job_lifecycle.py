@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import requirements
 from tests.worker.conftest import WORKER, leftovers
 from tests.worker.http_server import serve
-from tests.worker.images import MiB, make_raw, raw_digest, to_vmdk
+from tests.worker.images import MiB, make_raw, raw_digest, same_content, to_vmdk
 
 pytestmark = pytest.mark.needs(*requirements.WORKER_TOOLS)
 
@@ -217,3 +217,50 @@ def test_an_output_may_not_replace_a_source(small_raw: Path, tmp_path: Path) -> 
     assert done.returncode == 3
     assert "[InvalidJob]" in done.stderr and "never overwritten" in done.stderr
     assert vmdk.read_bytes() == before
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_disks_convert_as_many_at_once_as_the_job_says(width: int, tmp_path: Path) -> None:
+    """Three disks of one slow server (12 MiB of data each, 9 MiB/s for all): with
+    parallel_disks 3 they are all at work together, with 1 never two at once; either way
+    every output holds its disk, in the disks' order."""
+    raw = make_raw(tmp_path / "disk.raw", 64 * MiB, [(0, 4 * MiB), (32 * MiB, 8 * MiB)])
+    served = tmp_path / "www"
+    served.mkdir()
+    to_vmdk(raw, served / "disk.vmdk", "monolithicSparse")
+    with serve(served, bytes_per_second=9 * MiB) as base:
+        done, out = run_three(f"{base}/disk.vmdk", width, tmp_path)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    at_work = [
+        sum(disk["phase"] == "converting" for disk in event["disks"])
+        for event in events
+        if event["type"] == "progress"
+    ]
+    assert max(at_work) == width, at_work
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert [disk["name"] for disk in result["disks"]] == ["d0", "d1", "d2"]
+    for index in range(3):
+        assert same_content(raw, out / f"d{index}.qcow2", "raw", "qcow2")
+
+
+def run_three(
+    url: str, width: int, tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path / "out"
+    out.mkdir()
+    disks = [
+        {"name": f"d{i}", "source": {"kind": "http", "url": url},
+         "output": {"root": str(out), "path": f"d{i}.qcow2"}}
+        for i in range(3)
+    ]  # fmt: skip
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"name": "three", "operation": "convert", "disks": disks,
+                               "verify": False, "parallel_disks": width}))  # fmt: skip
+    result_file = tmp_path / "result.json"
+
+    done = subprocess.run(
+        [str(WORKER), "run", "--job", str(job), "--result", str(result_file), "--no-listen"],
+        capture_output=True, text=True, timeout=DEADLINE_SECONDS, check=False,
+    )  # fmt: skip
+    return done, out

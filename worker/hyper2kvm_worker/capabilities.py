@@ -15,7 +15,7 @@ from hyper2kvm_worker.qemu_img import QemuImg
 from hyper2kvm_worker.tools import ToolRunner
 
 # What the worker itself relies on; a node missing one of these cannot run every job.
-NEEDED_PLUGINS = ("file", "curl", "ssh")
+NEEDED_PLUGINS = ("file", "python", "ssh")
 NEEDED_FILTERS = ("tar", "retry", "retry-request")
 
 

@@ -96,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--compression", choices=[c.value for c in Compression], default="none")
     convert.add_argument("--preallocation", choices=[p.value for p in Preallocation], default="off")
     convert.add_argument("--no-verify", action="store_true", help="skip the content check")
+    convert.add_argument(
+        "--parallel-disks", type=int, metavar="N", help="disks converted at once (default: CPUs)"
+    )
+    convert.add_argument(
+        "--skip-free-space",
+        action="store_true",
+        help="take blocks no guest filesystem uses as zero and do not read them (libguestfs)",
+    )
     convert.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     convert.add_argument("--ova-disk", help="the disk inside an OVA, when it has several")
     convert.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
@@ -351,6 +359,8 @@ def _job(
             operation=operation,
             disks=[Disk(name=n, source=s, output=_output(args, o)) for n, s, o in disks()],
             verify=not getattr(args, "no_verify", False),
+            parallel_disks=getattr(args, "parallel_disks", None),
+            skip_free_space=getattr(args, "skip_free_space", False),
             fix=_fix_options(args) if operation is Operation.OFFLINE_FIX else FixOptions(),
         )
     except ValidationError as error:

@@ -15,10 +15,11 @@ and verified by reading it back; it has nothing to rename.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,18 +168,49 @@ class Converter:
         output: Output | DeviceOutput,
         verify: bool,
         observer: Observer,
+        skip_free_space: bool = False,
     ) -> tuple[DiskResult, PendingOutput]:
         """Convert and verify; the caller commits or discards what this returns."""
         if isinstance(output, DeviceOutput):
-            return self._convert_onto_device(name, source, output, verify, observer)
-        return self._convert_to_file(name, source, output, verify, observer)
+            return self._convert_onto_device(
+                name, source, output, verify, observer, skip_free_space
+            )
+        return self._convert_to_file(name, source, output, verify, observer, skip_free_space)
+
+    @contextlib.contextmanager
+    def _reading(
+        self, source: Source, skip_free_space: bool, observer: Observer
+    ) -> Iterator[tuple[OpenedSource, OpenedSource, int | None]]:
+        """The source as opened (for its checks), what is read from it, and the bytes of
+        free space taken as zero (None unless asked)."""
+        with contextlib.ExitStack() as stack:
+            opened = stack.enter_context(open_source(source, self._runner, self._limits))
+            if not skip_free_space:
+                yield opened, opened, None
+                return
+            from hyper2kvm_worker.free_space import skipping_free_space  # libguestfs: slow import
+
+            observer.on_phase("trimming")
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hyper2kvm-")))
+            free = stack.enter_context(skipping_free_space(opened, self._runner, scratch))
+            observer.on_note(
+                f"{free.zeroed} bytes free in {', '.join(free.trimmed) or 'no filesystem'} "
+                "are taken as zero and not read"
+            )
+            yield opened, free.source, free.zeroed
 
     def _convert_to_file(
-        self, name: str, source: Source, output: Output, verify: bool, observer: Observer
+        self,
+        name: str,
+        source: Source,
+        output: Output,
+        verify: bool,
+        observer: Observer,
+        skip_free_space: bool,
     ) -> tuple[DiskResult, StagedOutput]:
         """Into a hidden partial file, renamed into place by its commit."""
         final = check_output(output)
-        with open_source(source, self._runner, self._limits) as opened:
+        with self._reading(source, skip_free_space, observer) as (opened, read, zeroed):
             check_not_a_source(final, opened.files)
             options = ConvertOptions(
                 source_format=opened.format,
@@ -201,9 +233,11 @@ class Converter:
             observer.on_size(size)
             _check_space(final.parent, required.result())
             staged = StagedOutput.create(final)
+            if read is not opened:
+                options = dataclasses.replace(options, source_format=read.format)
             try:
                 digest = self._write(
-                    opened, staged.partial, str(staged.partial), options, size, verify, observer
+                    read, staged.partial, str(staged.partial), options, size, verify, observer
                 )
             except BaseException:
                 staged.discard()
@@ -216,14 +250,21 @@ class Converter:
             file_size=staged.partial.stat().st_size,
             digest=digest,
             verified=verify,
+            free_space_zeroed=zeroed,
         )
         return result, staged
 
     def _convert_onto_device(
-        self, name: str, source: Source, output: DeviceOutput, verify: bool, observer: Observer
+        self,
+        name: str,
+        source: Source,
+        output: DeviceOutput,
+        verify: bool,
+        observer: Observer,
+        skip_free_space: bool,
     ) -> tuple[DiskResult, device_output.BlockDevice]:
         """Onto the device in place, raw; verified by reading the device back."""
-        with open_source(source, self._runner, self._limits) as opened:
+        with self._reading(source, skip_free_space, observer) as (opened, read, zeroed):
             size = int(opened.info["virtual-size"])
             device = device_output.check_device(output, size)
             device.check_not_a_source(opened.files)
@@ -238,13 +279,13 @@ class Converter:
                 else f"{output.device} holds data: zero regions are written too"
             )
             options = ConvertOptions(
-                source_format=opened.format,
+                source_format=read.format,
                 output_format=OutputFormat.RAW.value,
                 existing_target=True,
                 target_is_zero=zero,
             )
             readback = device_output.readback_image(device.path, size)
-            digest = self._write(opened, device.path, readback, options, size, verify, observer)
+            digest = self._write(read, device.path, readback, options, size, verify, observer)
         result = DiskResult(
             name=name,
             output=output.device,
@@ -253,6 +294,7 @@ class Converter:
             digest=digest,
             verified=verify,
             zero_skipped=zero,
+            free_space_zeroed=zeroed,
         )
         return result, device
 

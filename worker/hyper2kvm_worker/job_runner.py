@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import traceback
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from hyper2kvm_worker.protocol import (
 from hyper2kvm_worker.reporting import ProgressBoard
 from hyper2kvm_worker.sources import open_source
 from hyper2kvm_worker.states import StateMachine
-from hyper2kvm_worker.tools import ToolRunner
+from hyper2kvm_worker.tools import CancelToken, ToolRunner
 
 PROGRESS_EVENT_SECONDS = 1.0
 
@@ -56,6 +58,8 @@ class JobRunner:
         self.board = ProgressBoard([disk.name for disk in job.disks], passes, clock)
         self.reports: dict[str, dict[str, Any]] = {}
         self._ticker_stop = threading.Event()
+        self._lock = threading.RLock()  # the board and the state, shared by disks at work
+        self._phases: dict[str, str] = {}  # the phase of each disk at work
 
     def run(self) -> Result:
         """Never raises for job failures: they end in the Result (and the exit code)."""
@@ -74,9 +78,10 @@ class JobRunner:
                 if described.note:
                     self._sink.emit("log", level="warning", message=described.note)
             self._move(JobState.RUNNING)
-            if self.job.writes_outputs or self.job.operation is Operation.INSPECT:
-                for disk in self.job.disks:
-                    results.append(self._run_disk(disk, staged))
+            if self.job.operation is Operation.INSPECT:
+                results = [self._inspect_disk(disk) for disk in self.job.disks]
+            elif self.job.writes_outputs:
+                results = self._convert_disks(staged)
             if self.job.operation is Operation.OFFLINE_FIX:
                 results, failure = self._offline_fix(results, staged)
                 if failure is not None:
@@ -170,41 +175,80 @@ class JobRunner:
         if len({device.rdev for device in checked}) != len(checked):
             raise BadInput(Reason.INVALID_JOB, "two disks write the same device (by two names)")
 
-    def _run_disk(self, disk: Disk, staged: list[PendingOutput]) -> DiskResult:
-        if self.job.operation is Operation.INSPECT:
-            self.board.start_phase(disk.name, "inspecting")
-            from hyper2kvm_worker.inspection import Inspector, summary  # inspect jobs only
+    def _inspect_disk(self, disk: Disk) -> DiskResult:
+        self.board.start_phase(disk.name, "inspecting")
+        from hyper2kvm_worker.inspection import Inspector, summary  # inspect jobs only
 
-            report = Inspector(self._runner, self.job.limits).inspect(disk.source)
-            self.reports[disk.name] = report
-            self._sink.emit("report", disk=disk.name, inspection=report)
-            self.board.set_size(disk.name, int(report["virtual_size"]))
-            self.board.finish_disk(disk.name)
-            return DiskResult(
-                name=disk.name, virtual_size=int(report["virtual_size"]), inspection=summary(report)
-            )
+        report = Inspector(self._runner, self.job.limits).inspect(disk.source)
+        self.reports[disk.name] = report
+        self._sink.emit("report", disk=disk.name, inspection=report)
+        self.board.set_size(disk.name, int(report["virtual_size"]))
+        self.board.finish_disk(disk.name)
+        return DiskResult(
+            name=disk.name, virtual_size=int(report["virtual_size"]), inspection=summary(report)
+        )
+
+    def _convert_disks(self, staged: list[PendingOutput]) -> list[DiskResult]:
+        """Every disk, up to `parallel_disks(job)` at once; the first failure stops the
+        others and is the job's. Outputs are staged in the disks' order."""
+        disks = self.job.disks
+        tokens = [self._runner.cancel.child() for _ in disks]
+        done: dict[int, tuple[DiskResult, PendingOutput]] = {}
+        width = parallel_disks(self.job)
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="disk") as pool:
+            futures = [pool.submit(self._convert_disk, disk, token)
+                       for disk, token in zip(disks, tokens, strict=True)]  # fmt: skip
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f in finished and f.exception() is not None]
+            if failed:
+                for token in tokens:
+                    token.cancel()
+                wait(futures)
+            for index, future in enumerate(futures):
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    done[index] = future.result()
+        staged.extend(done[index][1] for index in sorted(done))  # discarded on failure
+        if failed:
+            raise _first_failure(failed, futures)
+        return [done[index][0] for index in range(len(disks))]
+
+    def _convert_disk(self, disk: Disk, cancel: CancelToken) -> tuple[DiskResult, PendingOutput]:
         assert disk.output is not None  # the protocol guarantees it for convert
 
         def on_phase(phase: str) -> None:
-            self.board.start_phase(disk.name, phase)
-            self._move(JobState.VERIFYING if phase == "verifying" else JobState.RUNNING)
+            with self._lock:
+                self.board.start_phase(disk.name, phase)
+                self._phases[disk.name] = phase
+                # Verifying once every disk at work verifies; converting while any converts.
+                verifying = all(p == "verifying" for p in self._phases.values())
+                self._move(JobState.VERIFYING if verifying else JobState.RUNNING)
+
+        def on_bytes(done: int) -> None:
+            with self._lock:
+                self.board.advance(disk.name, done)
+
+        def on_size(size: int) -> None:
+            with self._lock:
+                self.board.set_size(disk.name, size)
 
         observer = Observer(
-            on_size=lambda size: self.board.set_size(disk.name, size),
+            on_size=on_size,
             on_phase=on_phase,
-            on_bytes=lambda done: self.board.advance(disk.name, done),
+            on_bytes=on_bytes,
             on_note=lambda message: self._sink.emit(
                 "log", level="info", disk=disk.name, message=message
             ),
         )
-        result, output = Converter(self._runner, self.job.limits).convert(
-            disk.name, disk.source, disk.output, self.job.verify, observer
-        )
-        staged.append(output)
-        if self.job.operation is Operation.CONVERT:
-            self.board.finish_disk(disk.name)
-            self._sink.emit("disk", **result.model_dump(exclude_none=True))
-        return result
+        result, output = Converter(ToolRunner(cancel), self.job.limits).convert(
+            disk.name, disk.source, disk.output, self.job.verify, observer,
+            self.job.skip_free_space,
+        )  # fmt: skip
+        with self._lock:
+            self._phases.pop(disk.name, None)
+            if self.job.operation is Operation.CONVERT:
+                self.board.finish_disk(disk.name)
+                self._sink.emit("disk", **result.model_dump(exclude_none=True))
+        return result, output
 
     def _offline_fix(
         self, converted: list[DiskResult], staged: list[PendingOutput]
@@ -227,4 +271,39 @@ class JobRunner:
     def _tick(self) -> None:
         while not self._ticker_stop.wait(PROGRESS_EVENT_SECONDS):
             if self._machine.state in (JobState.RUNNING, JobState.VERIFYING):
-                self._sink.emit("progress", **self.board.snapshot().model_dump())
+                with self._lock:
+                    snapshot = self.board.snapshot().model_dump()
+                self._sink.emit("progress", **snapshot)
+
+
+def parallel_disks(job: Job) -> int:
+    """How many of the job's disks convert at once: the job's say, else one per CPU this
+    process may use (its cgroup's quota, or the CPUs it may run on), at least one."""
+    if job.parallel_disks is not None:
+        return min(job.parallel_disks, len(job.disks))
+    return max(1, min(len(job.disks), usable_cpus()))
+
+
+def usable_cpus() -> int:
+    cpus = len(os.sched_getaffinity(0))
+    try:  # cgroup v2: "max 100000" or "200000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
+            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+            if int(quota) > 0:
+                cpus = min(cpus, max(1, int(quota) // int(period)))
+        except (OSError, ValueError):
+            pass
+    return cpus
+
+
+def _first_failure(failed: list[Future[Any]], futures: list[Future[Any]]) -> BaseException:
+    """The failure that stopped the job, not the cancellations it caused in other disks."""
+    later = [f for f in futures if f not in failed and f.done() and not f.cancelled()]
+    errors = [e for f in [*failed, *later] if (e := f.exception()) is not None]
+    real = [e for e in errors if not isinstance(e, Cancelled)]
+    return (real or errors)[0]

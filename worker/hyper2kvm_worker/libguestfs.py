@@ -173,6 +173,7 @@ def appliance_problem(
 class Drive:
     path: str
     format: str  # qcow2 or raw
+    discard: bool = False  # the guest's discards (fstrim) reach the image
 
 
 class GuestFishError(TransientFailure):
@@ -212,7 +213,9 @@ class GuestFish:
     def _start(self, drives: Sequence[Drive]) -> None:
         require("guestfish", "libguestfs-tools")
         argv = ["guestfish", "--listen"]
-        for drive in drives:
+        # The command line cannot ask for discard: such drives are added once it listens.
+        by_call = any(drive.discard for drive in drives)
+        for drive in [] if by_call else drives:
             argv += [f"--format={drive.format}", "-a", drive.path]
         self._runner.cancel.raise_if_cancelled()
         # The listener daemonises but keeps the stdio it was given: stderr goes to a file
@@ -238,6 +241,9 @@ class GuestFish:
             message = self._log.read().decode(errors="replace").strip()[-300:]
             raise TransientFailure(Reason.TOOL_FAILED, f"guestfish --listen failed: {message}")
         self._pid = int(match.group(1))
+        for drive in drives if by_call else []:
+            options = [f"format:{drive.format}"] + (["discard:besteffort"] if drive.discard else [])
+            self.call("add-drive-opts", drive.path, *options)
 
     def _launch_failure(self, error: GuestFishError) -> TransientFailure:
         """Why the appliance did not start: what the node lacks, else libguestfs' words.

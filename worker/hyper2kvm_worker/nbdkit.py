@@ -22,6 +22,10 @@ from hyper2kvm_worker.errors import Reason, TransientFailure
 from hyper2kvm_worker.tools import ToolRunner, require, stop_group
 
 NBDKIT_PACKAGE = "nbdkit"
+RANGE_READER = Path(__file__).with_name("range_reader.py")
+# nbdkit's Python is the system's: on a PATH that leads to another Python (a virtualenv,
+# pyenv), it would load that one's standard library and fail.
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _START_TIMEOUT_SECONDS = 15.0
 CONNECT_TIMEOUT_SECONDS = 30.0
 _SOCKET_BASE_MAX = 60  # + "/hyper2kvm-nbd-XXXXXXXX/nbd.sock" stays under 108
@@ -57,8 +61,10 @@ class NbdServer:
         command: Callable[[Path], list[str]],
         tool: tuple[str, str],
         description: str,
+        env: dict[str, str] | None = None,
     ) -> None:
         self._runner = runner
+        self._env = env
         self._command = command
         self._tool, self._package = tool
         self._description = description
@@ -72,7 +78,9 @@ class NbdServer:
 
     def __enter__(self) -> NbdServer:
         require(self._tool, self._package)
-        self._process = self._runner.spawn(self._command(self.socket), stdout=subprocess.DEVNULL)
+        self._process = self._runner.spawn(
+            self._command(self.socket), stdout=subprocess.DEVNULL, env=self._env
+        )
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
         while not self.socket.exists():
             if self._process.poll() is not None:
@@ -135,7 +143,12 @@ def nbdkit_server(runner: ToolRunner, spec: ServeSpec) -> NbdServer:
             *spec.params,
         ]
 
-    return NbdServer(runner, command, ("nbdkit", NBDKIT_PACKAGE), spec.description)
+    env = None
+    if spec.plugin == "python":
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+        env.pop("VIRTUAL_ENV", None)
+        env["PATH"] = _SYSTEM_PATH
+    return NbdServer(runner, command, ("nbdkit", NBDKIT_PACKAGE), spec.description, env)
 
 
 def qemu_nbd_server(runner: ToolRunner, image: str, fmt: str, description: str) -> NbdServer:
@@ -146,21 +159,6 @@ def qemu_nbd_server(runner: ToolRunner, image: str, fmt: str, description: str) 
                 f"--socket={socket}", image]  # fmt: skip
 
     return NbdServer(runner, command, ("qemu-nbd", "qemu-utils"), description)
-
-
-def curl_spec(
-    url: str, user: str | None, password_file: str | None, ca_file: str | None
-) -> ServeSpec:
-    # Redirects were followed and checked by http_probe: curl goes to `url` and nowhere
-    # else, by HTTP(S) only.
-    params = [f"url={url}", "followlocation=false", "protocols=http,https"]
-    if user:
-        params.append(f"user={user}")
-    if password_file:
-        params.append(f"password=+{password_file}")  # nbdkit reads the secret from the file
-    if ca_file:
-        params.append(f"cainfo={ca_file}")
-    return ServeSpec(plugin="curl", params=tuple(params), description=url)
 
 
 # Reopen a dropped connection (the retry filter) and retry one failed read (retry-request):
@@ -193,18 +191,44 @@ def ssh_spec(
     )
 
 
-def datastore_spec(
-    url: str, cookie_file: str, ca_file: str | None, insecure: bool, description: str
+# A failed read is repeated twice, 1 s apart (retry-request); then the connection is reopened
+# and the read repeated every second for a minute (retry): a cut of a few seconds costs
+# about its own length, and a server that stays away fails the read in about a minute.
+HTTP_RETRY = (
+    "retry-request-retries=2", "retry-request-delay=1",
+    "retries=60", "retry-delay=1", "retry-exponential=no",
+)  # fmt: skip
+
+
+def http_spec(
+    url: str,
+    size: int,
+    description: str,
+    *,
+    user: str | None = None,
+    password_file: str | None = None,
+    cookie_file: str | None = None,
+    ca_file: str | None = None,
+    insecure: bool = False,
+    https_only: bool = False,
 ) -> ServeSpec:
-    """nbdkit's curl plugin on a datastore's /folder URL: HTTPS only, no redirects, the
-    session cookie read by nbdkit from its file (never on a command line)."""
-    params = [f"url={url}", f"cookie=+{cookie_file}", "followlocation=false", "protocols=https"]
+    """One file over HTTP(S) through range_reader.py, with the retry filters: `url` and
+    nowhere else (redirects were followed and checked by http_probe), secrets read by the
+    plugin from their files, never on a command line."""
+    params = [str(RANGE_READER), f"url={url}", f"size={size}",
+              f"protocols={'https' if https_only else 'http,https'}", *HTTP_RETRY]  # fmt: skip
+    if user:
+        params.append(f"user={user}")
+    if password_file:
+        params.append(f"password-file={password_file}")
+    if cookie_file:
+        params.append(f"cookie-file={cookie_file}")
     if ca_file:
-        params.append(f"cainfo={ca_file}")
+        params.append(f"ca-file={ca_file}")
     if insecure:
-        params.append("sslverify=false")
+        params.append("insecure=true")  # a pinned certificate: http_probe checked it
     return ServeSpec(
-        plugin="curl", params=tuple(params), filters=RETRY_FILTERS, description=description
+        plugin="python", params=tuple(params), filters=RETRY_FILTERS, description=description
     )
 
 

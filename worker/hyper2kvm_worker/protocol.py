@@ -326,6 +326,13 @@ class Job(_Model):
     verify: bool = True
     fix: FixOptions = FixOptions()
     limits: Limits = Limits()
+    parallel_disks: int | None = Field(
+        default=None, ge=1, le=16, description="disks converted at once; default from the CPUs"
+    )
+    skip_free_space: bool = Field(
+        default=False,
+        description="take blocks no guest filesystem uses as zero, unread (libguestfs, fstrim)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Job:
@@ -416,6 +423,11 @@ class DiskResult(_Model):
         default=None,
         description="a block device output: true when it read as zero before the conversion, "
         "so zero regions were not written; false when they were written",
+    )
+    free_space_zeroed: Count | None = Field(
+        default=None,
+        description="skip_free_space: bytes no guest filesystem used, taken as zero and not "
+        "read; the digest is of the disk with them zero",
     )
     inspection: dict[str, object] | None = Field(
         default=None, description="a short summary; the full report is in the events"

@@ -32,7 +32,7 @@ class Remote(Protocol):
         """The size of the file at `path`; raises with a reason a person can act on."""
         ...
 
-    def serve(self, path: str) -> contextlib.AbstractContextManager[NbdServer]: ...
+    def serve(self, path: str, size: int) -> contextlib.AbstractContextManager[NbdServer]: ...
 
 
 @contextlib.contextmanager
@@ -42,11 +42,11 @@ def opened(remote: Remote, runner: ToolRunner, path: str, fmt: str) -> Iterator[
     size = remote.probe(path)
     label = remote.label(path)
     if fmt == RAW:
-        with remote.serve(path) as nbd:
+        with remote.serve(path, size) as nbd:
             yield OpenedSource(nbd_image(str(nbd.socket), RAW), RAW, None, label, False,
                                stored_bytes=size)  # fmt: skip
         return
-    with remote.serve(path) as nbd:
+    with remote.serve(path, size) as nbd:
         layout = remote_layout(QemuImg(runner), nbd.uri, label, size)
         if layout.single_file:
             require_single_file(layout, label)
@@ -61,7 +61,7 @@ def opened(remote: Remote, runner: ToolRunner, path: str, fmt: str) -> Iterator[
             Reason.INVALID_IMAGE,
             f"{remote.label(extent)} is {found} bytes; its descriptor {label} says {declared}",
         )
-    with remote.serve(extent) as nbd:
+    with remote.serve(extent, found) as nbd:
         yield OpenedSource(nbd_image(str(nbd.socket), RAW), RAW, layout, remote.label(extent),
                            False, stored_bytes=found)  # fmt: skip
 

@@ -66,7 +66,7 @@ class _Server:
                 raise self._failure(nbd.errors(), path) from None
         return int(info["virtual-size"])
 
-    def serve(self, path: str) -> nbdkit.NbdServer:
+    def serve(self, path: str, size: int) -> nbdkit.NbdServer:
         return nbdkit.nbdkit_server(self._runner, self._spec(path, retry=True))
 
     def _failure(self, message: str, path: str) -> WorkerError:

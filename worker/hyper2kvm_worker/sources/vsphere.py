@@ -98,8 +98,10 @@ class _Datastore:
             )
         return found
 
-    def serve(self, path: str) -> nbdkit.NbdServer:
+    def serve(self, path: str, size: int) -> nbdkit.NbdServer:
         source = self._source
-        spec = nbdkit.datastore_spec(self._url(path), source.cookie_file, source.ca_file,
-                                     source.insecure, self.label(path))  # fmt: skip
+        spec = nbdkit.http_spec(
+            self._url(path), size, self.label(path), cookie_file=source.cookie_file,
+            ca_file=source.ca_file, insecure=source.insecure, https_only=True,
+        )  # fmt: skip
         return nbdkit.nbdkit_server(self._runner, spec)
