@@ -82,15 +82,22 @@ def test_a_reader_alone_is_never_held_up_by_a_full_cache() -> None:
     assert max(source.fetches.values()) == 1
 
 
-def test_a_failed_fetch_is_not_kept_and_the_next_read_fetches_again() -> None:
+def test_a_failed_fetch_is_made_again_at_once_and_a_second_failure_is_not_kept() -> None:
+    """A block whose fetch failed (a prefetch when the link dropped) is fetched again by the
+    read that needs it; when that fails too the read fails, and the next read tries anew."""
     source = Source(fail_block=3, fail=1)
     blocks = cache(source, ahead=1)
     reader = blocks.open_reader()
-    blocks.read(reader, 0, BLOCK)
+    assert blocks.read(reader, 3 * BLOCK, 10) == CONTENT[3 * BLOCK : 3 * BLOCK + 10]
+    assert source.fetches[3] == 2
+
+    source = Source(fail_block=3, fail=2)
+    blocks = cache(source, ahead=1)
+    reader = blocks.open_reader()
     with pytest.raises(FetchError):
         blocks.read(reader, 3 * BLOCK, 10)
     assert blocks.read(reader, 3 * BLOCK, 10) == CONTENT[3 * BLOCK : 3 * BLOCK + 10]
-    assert source.fetches[3] == 2
+    assert source.fetches[3] == 3
 
 
 def test_a_closed_reader_no_longer_holds_blocks() -> None:

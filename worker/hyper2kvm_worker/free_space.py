@@ -47,19 +47,27 @@ def skipping_free_space(
 ) -> Iterator[FreeSpace]:
     require("qemu-io", "qemu-utils")
     qemu_img = QemuImg(runner)
-    # The appliance's qemu inherits no descriptors: it reads the source through a qemu-nbd
-    # that opens it exactly as qemu-img does.
-    with nbdkit.qemu_nbd_server(runner, opened.image, opened.format, opened.label) as served:
+    with contextlib.ExitStack() as stack:
+        backing = opened.served_raw
+        if backing is None:
+            # The appliance's qemu inherits no descriptors, and decodes no VMDK it was not
+            # checked to read: it reads through a qemu-nbd that opens the source as qemu-img
+            # does. A raw source already on an NBD server is read there, by each reader on
+            # a connection of its own (the range reader then fetches each block once).
+            served = nbdkit.qemu_nbd_server(runner, opened.image, opened.format, opened.label)
+            backing = stack.enter_context(served).uri
         probe = scratch / "trim.qcow2"
-        qemu_img.create_overlay(served.uri, "raw", probe)
+        qemu_img.create_overlay(backing, "raw", probe)
         trimmed = _trim(runner, probe)
         ranges = zero_ranges(qemu_img.map(str(probe), "qcow2"))
         probe.unlink()
         source = scratch / "source.qcow2"
-        qemu_img.create_overlay(served.uri, "raw", source)
+        qemu_img.create_overlay(backing, "raw", source)
         _write_zeros(runner, source, ranges)
         yield FreeSpace(
-            source=replace(opened, image=str(source), format="qcow2", data_file=None),
+            source=replace(
+                opened, image=str(source), format="qcow2", data_file=None, served_raw=None
+            ),
             zeroed=sum(length for _, length in ranges),
             trimmed=tuple(trimmed),
         )

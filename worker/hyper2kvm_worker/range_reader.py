@@ -147,37 +147,71 @@ class BlockCache:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def read(self, reader: int, offset: int, length: int) -> bytes:
+        buffer = bytearray(length)
+        self.read_into(reader, memoryview(buffer), offset)
+        return bytes(buffer)
+
+    def read_into(self, reader: int, buffer: memoryview, offset: int) -> None:
+        """Fill `buffer` with the file's bytes at `offset`. The bookkeeping (prefetch,
+        eviction, waking the waiting) runs when a reader enters a new block, not for each
+        64 KiB read within one."""
+        length = len(buffer)
         first, last = offset // self.block, (offset + length - 1) // self.block
         with self._changed:
-            self._wait_for_room(reader, first)
-            wanted = [(index, self._get(index)) for index in range(first, last + 1)]
             highest = self._readers.get(reader, -1)
-            # Ahead of a reader that streams: past the first block, at its front, and on from
-            # the block before. A look at the header and tables (qemu-img info, check), or a
-            # jump over a hole, prefetches nothing.
-            streaming = first - 1 in self._blocks or first in self._blocks
-            if highest >= 1 and first >= highest - self.ahead and streaming:
-                for index in range(last + 1, min(last + 1 + self.ahead, self._count())):
-                    if self._pending() >= self.capacity:
-                        break
-                    self._get(index)
-            if reader in self._readers:
-                self._readers[reader] = max(self._readers[reader], last)
-            self._evict()
-            self._changed.notify_all()
-        parts = []
+            cached = [self._blocks.get(index) for index in range(first, last + 1)]
+            if last <= highest and all(f is not None and f.done() for f in cached):
+                wanted = [(first + i, f) for i, f in enumerate(cached) if f is not None]
+            else:
+                wanted = self._advance(reader, first, last, highest)
         for index, future in wanted:
-            try:
-                data = future.result()
-            except BaseException:
-                with self._changed:
-                    if self._blocks.get(index) is future:
-                        del self._blocks[index]  # the next read fetches it anew
-                raise
+            data = self._result(index, future)
             start = index * self.block
-            lo, hi = max(offset, start) - start, min(offset + length, start + len(data)) - start
-            parts.append(data[lo:hi])
-        return b"".join(parts)
+            lo, hi = max(offset, start), min(offset + length, start + len(data))
+            buffer[lo - offset : hi - offset] = memoryview(data)[lo - start : hi - start]
+
+    def _result(self, index: int, future: Future[bytes]) -> bytes:
+        """The block's bytes. A prefetch that failed (the link dropped while it was ahead)
+        is fetched again at once; only a fetch made for this read fails it, and is not kept."""
+        try:
+            return future.result()
+        except FetchError:
+            with self._changed:
+                if self._blocks.get(index) is future:
+                    del self._blocks[index]
+                future = self._get(index)
+        try:
+            return future.result()
+        except BaseException:
+            with self._changed:
+                if self._blocks.get(index) is future:
+                    del self._blocks[index]  # the next read fetches it anew
+            raise
+
+    def _advance(
+        self, reader: int, first: int, last: int, highest: int
+    ) -> list[tuple[int, Future[bytes]]]:
+        """A read that fetches or moves a reader on: wait for room, fetch what is missing,
+        prefetch, evict, wake the waiting. Called with the lock held."""
+        self._wait_for_room(reader, first)
+        wanted = [(index, self._get(index)) for index in range(first, last + 1)]
+        # Ahead of a reader that streams: past the first block, at its front, and on from
+        # the block before. A look at the header and tables (qemu-img info, check), or a
+        # jump over a hole to a small island of data, prefetches nothing.
+        streaming = first - 1 in self._blocks
+        if highest >= 1 and first >= highest - self.ahead and streaming:
+            pending = self._pending()
+            for index in range(last + 1, min(last + 1 + self.ahead, self._count())):
+                if pending >= self.capacity:
+                    break
+                if index not in self._blocks:
+                    self._get(index)
+                    pending += 1
+        if reader in self._readers:
+            self._readers[reader] = max(highest, last)
+        self._evict()
+        self._changed.notify_all()
+        return wanted
 
     def _count(self) -> int:
         return (self.size + self.block - 1) // self.block
@@ -311,7 +345,7 @@ def can_write(handle: int) -> bool:
 
 def pread(handle: int, buf: bytearray, offset: int, flags: int) -> None:
     assert _cache is not None
-    buf[:] = _cache.read(handle, offset, len(buf))
+    _cache.read_into(handle, memoryview(buf), offset)
 
 
 def unload() -> None:

@@ -51,6 +51,7 @@ class OpenedSource:
     data_file: str | None = None  # the one pinned file that holds all the data, if there is
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # qemu-img info's view
     checks: tuple[IntegrityCheck, ...] = ()  # run beside the conversion, before its commit
+    served_raw: str | None = None  # an NBD URI serving exactly these raw bytes, if one does
 
 
 class SourceDriver(Protocol, Generic[S]):

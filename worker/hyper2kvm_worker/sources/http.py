@@ -42,7 +42,7 @@ class HttpDriver:
         with nbdkit.nbdkit_server(runner, spec) as nbd:
             if fmt == RAW:
                 yield OpenedSource(nbd_image(str(nbd.socket), RAW), RAW, None, label, False,
-                                   stored_bytes=size)  # fmt: skip
+                                   stored_bytes=size, served_raw=nbd.uri)  # fmt: skip
                 return
             layout = remote_layout(QemuImg(runner), nbd.uri, label, size)
             require_single_file(layout, label)

@@ -44,7 +44,7 @@ def opened(remote: Remote, runner: ToolRunner, path: str, fmt: str) -> Iterator[
     if fmt == RAW:
         with remote.serve(path, size) as nbd:
             yield OpenedSource(nbd_image(str(nbd.socket), RAW), RAW, None, label, False,
-                               stored_bytes=size)  # fmt: skip
+                               stored_bytes=size, served_raw=nbd.uri)  # fmt: skip
         return
     with remote.serve(path, size) as nbd:
         layout = remote_layout(QemuImg(runner), nbd.uri, label, size)
@@ -63,7 +63,7 @@ def opened(remote: Remote, runner: ToolRunner, path: str, fmt: str) -> Iterator[
         )
     with remote.serve(extent, found) as nbd:
         yield OpenedSource(nbd_image(str(nbd.socket), RAW), RAW, layout, remote.label(extent),
-                           False, stored_bytes=found)  # fmt: skip
+                           False, stored_bytes=found, served_raw=nbd.uri)  # fmt: skip
 
 
 def remote_layout(qemu_img: QemuImg, uri: str, label: str, size: int | None) -> VmdkLayout:
