@@ -496,7 +496,8 @@ class MigrationJobSpec(_Api):
         default=None,
         ge=1,
         le=16,
-        description="disks converted at once in the worker; default: one per CPU of its Pod",
+        description="disks converted at once in the worker; default: one per CPU of its Pod; "
+        "a vSphere VM's disks are read one at a time (maxDisksPerHost counts one per job)",
     )
     skipFreeSpace: bool = Field(
         default=False,

@@ -130,7 +130,9 @@ def plan(
         operation=spec.operation,
         disks=disks,
         verify=spec.verify,
-        parallel_disks=spec.parallelDisks,
+        # A VM's disks come from one ESXi host, whose reads placement counts one per job
+        # against the provider's maxDisksPerHost: one disk at a time keeps that count true.
+        parallel_disks=1 if spec.source is not None else spec.parallelDisks,
         skip_free_space=spec.skipFreeSpace,
         fix=_fix(spec.fix),
         limits=protocol.Limits(

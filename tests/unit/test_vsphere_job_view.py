@@ -188,6 +188,8 @@ def test_the_worker_reads_each_disk_with_the_attempt_session_only() -> None:
     assert isinstance(first.output, protocol.Output)
     assert first.output.path == "web-01-prod-disk-1.raw"
     assert [v.host_path for v in plan.volumes] == ["/srv/out"]
+    # One disk at a time from the ESXi host: its limit counts one read per job.
+    assert plan.job.parallel_disks == 1
     with pytest.raises(ValueError, match="needs the VM's disks"):
         worker_job.plan("ns/web01", _vm_spec())
 
