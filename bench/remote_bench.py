@@ -13,7 +13,8 @@ against the unverified one shows what verification costs over a network. A last 
 the link (connections reset, new ones refused) for a few seconds in the middle of a
 verified conversion and prints its time against the uncut one. Then a half-empty ext4
 guest disk, served flat as a thin datastore disk is, converts reading every byte and with
---skip-free-space (libguestfs finds what no filesystem uses, which is not read).
+--skip-free-space (libguestfs finds what no filesystem uses, which is not read). Last, a
+4-disk VM converts one disk at a time and all four at once (parallel_disks).
 
 Needs root (namespaces, tc) and nginx-light; `make bench` installs what it needs.
 """
@@ -114,6 +115,32 @@ def free_space_case(link: ShapedLink, disk: Path, target: Path) -> None:
           f"--skip-free-space {skipping:.1f} s, ratio {skipping / whole:.2f}")  # fmt: skip
 
 
+def four_disks_case(link: ShapedLink, file: str, work: Path) -> None:
+    """A 4-disk VM (the same served disk four times), unverified: one disk at a time
+    against all four at once, in one job."""
+    url = link.url(file)
+
+    def job(width: int) -> Path:
+        out = work / f"vm{width}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        disks = [
+            {"name": f"d{i}", "source": {"kind": "http", "url": url},
+             "output": {"root": str(out), "path": f"d{i}.qcow2"}}
+            for i in range(4)
+        ]  # fmt: skip
+        path = work / f"job{width}.json"
+        path.write_text(json.dumps({"name": "vm", "operation": "convert", "disks": disks,
+                                    "verify": False, "parallel_disks": width}))  # fmt: skip
+        return path
+
+    one = [WORKER, "run", "--job", str(job(1)), "--result", str(work / "r1.json"), "--no-listen"]
+    four = [WORKER, "run", "--job", str(job(4)), "--result", str(work / "r4.json"), "--no-listen"]
+    serial, parallel = timed(one), timed(four)
+    print(f"4-disk VM of {file}: one at a time {serial:.1f} s, four at once {parallel:.1f} s, "
+          f"ratio {parallel / serial:.2f}")  # fmt: skip
+
+
 def timed(command: list[str], env: dict[str, str] | None = None) -> float:
     subprocess.run(["sync"], check=True)
     start = time.perf_counter()
@@ -168,6 +195,8 @@ def main() -> int:
     parser.add_argument("--data", type=int, default=768, help="MiB of data in it")
     parser.add_argument("--cut", type=float, default=4.0, help="seconds the link is cut")
     parser.add_argument("--guest", type=int, default=4096, help="MiB of the half-empty guest")
+    parser.add_argument("--four-disks", action=argparse.BooleanOptionalAction, default=True,
+                        help="a 4-disk VM, one disk at a time against all at once")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the remote bench needs root (network namespaces, tc)", file=sys.stderr)
@@ -209,6 +238,8 @@ def main() -> int:
                     print(f"{'':>9}{kind:<17}verified / unverified {verified / unverified:.2f}")
                     if kind == "monolithicSparse" and index == 0 and args.cut > 0:
                         cut_case(link, url, target, verified, args.cut)
+                if latency == args.latency[-1] and args.four_disks:
+                    four_disks_case(link, "sparse.vmdk", work)
                 if index == 0 and args.guest:
                     free_space_case(link, make_guest(disks, args.guest), target)
     finally:
