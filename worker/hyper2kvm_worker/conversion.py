@@ -15,7 +15,6 @@ and verified by reading it back; it has nothing to rename.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -213,7 +212,7 @@ class Converter:
         with self._reading(source, skip_free_space, observer) as (opened, read, zeroed):
             check_not_a_source(final, opened.files)
             options = ConvertOptions(
-                source_format=opened.format,
+                source_format=read.format,
                 output_format=output.format.value,
                 create_options=create_options(output),
                 compress=output.compression is not Compression.NONE,
@@ -233,8 +232,6 @@ class Converter:
             observer.on_size(size)
             _check_space(final.parent, required.result())
             staged = StagedOutput.create(final)
-            if read is not opened:
-                options = dataclasses.replace(options, source_format=read.format)
             try:
                 digest = self._write(
                     read, staged.partial, str(staged.partial), options, size, verify, observer

@@ -129,7 +129,6 @@ class BlockCache:
         self._next_reader = 0
         self._changed = threading.Condition()
         self._pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="range")
-        self.fetched = 0  # blocks fetched, for tests and logs
 
     def open_reader(self) -> int:
         with self._changed:
@@ -223,7 +222,6 @@ class BlockCache:
             length = min(self.block, self.size - start)
             future = self._pool.submit(self._fetch, start, length)
             self._blocks[index] = future
-            self.fetched += 1
         else:
             self._blocks.move_to_end(index)
         return future
