@@ -61,6 +61,8 @@ bench: setup cluster-binaries ## benchmarks: conversion against qemu-img and cp,
 	$(PYTHON) bench/convert_bench.py
 	$(PYTHON) bench/remote_bench.py
 	$(PYTHON) bench/operator_bench.py
+	$(PYTHON) bench/operator_bench.py --case latency
+	$(PYTHON) bench/operator_bench.py --case queued
 
 demo: setup cluster-binaries chart-tools ## convert a generated VMDK end to end, then through the chart-installed operator
 	@hack/demo.sh

@@ -38,15 +38,22 @@ async def follow(
     stopped: kopf.DaemonStopped,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
 ) -> None:
-    """For the job's whole life: follow each attempt while it runs, idle in between."""
-    while not stopped:
-        phase = phase_of(op, body)
-        if phase in status.TERMINAL:
-            return
-        if phase in status.ACTIVE:
-            await follow_attempt(op, body, stopped, logger)
-        else:
-            await stopped.wait(op.settings.status_interval_seconds)
+    """For the job's whole life: follow each attempt while it runs, idle in between (woken
+    by the job's next phase change, not by a timer)."""
+    key = key_of(body)
+    op.followers[key] = stopped
+    try:
+        while not stopped:
+            phase = phase_of(op, body)
+            if phase in status.TERMINAL:
+                return
+            if phase in status.ACTIVE:
+                await follow_attempt(op, body, stopped, logger)
+            else:
+                await op.idle(key, stopped)
+    finally:
+        if op.followers.get(key) is stopped:
+            del op.followers[key]
 
 
 async def follow_attempt(
@@ -61,6 +68,7 @@ async def follow_attempt(
     finally:
         if phase_of(op, body) not in status.ACTIVE:
             op.reservations.pop(key_of(body), None)  # the attempt ended: its slot is free
+            op.replan()
             if body["spec"].get("source"):
                 await vsphere_jobs.end(op, body)
 
@@ -80,7 +88,7 @@ async def _follow_attempt(
         if phase not in status.ACTIVE:
             return
         attempt, pod_name = int(state.get("attempt") or 1), state.get("pod")
-        pod = await op.kube.read_pod(meta["namespace"], pod_name) if pod_name else None
+        pod = await op.worker_pod(meta["namespace"], pod_name) if pod_name else None
         if pod is None:
             if phase is Phase.SCHEDULED and pod_name:
                 # A restart between recording the attempt and creating its Pod.
@@ -108,6 +116,8 @@ async def _follow_attempt(
             await move(op, body, Phase.FAILED, cond.TIMED_OUT, f"ran longer than {limit}s")
             return
         elif (terminated := _terminated(pod)) is not None and _ended(pod):
+            op.released.add(key)
+            op.replan()
             await finish(op, body, terminated, _memory_limit(pod), logger)
             return
         elif op.sessions_lost.get(key) == attempt:

@@ -18,12 +18,12 @@ from hyper2kvm_operator import (
     attempts,
     job_state,
     placement,
+    placer,
     provider_api,
     providers,
     reconcile,
 )
-from hyper2kvm_operator.api import Phase
-from hyper2kvm_operator.kube import KubeApi
+from hyper2kvm_operator.kube import CONCURRENT_CALLS, KubeApi
 from hyper2kvm_operator.metrics import OperatorMetrics
 from hyper2kvm_operator.progress_reader import ProgressReader
 from hyper2kvm_operator.settings import Settings
@@ -35,6 +35,7 @@ PROVIDERS = (api.GROUP, api.VERSION, provider_api.PLURAL)
 NOT_INDEXED: dict[Any, Any] = {}
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 _OPERATOR: job_state.Operator | None = None
+_PLACER: placer.Placer | None = None
 
 
 def op() -> job_state.Operator:
@@ -42,7 +43,13 @@ def op() -> job_state.Operator:
     return _OPERATOR
 
 
-COUNTED: list[str] = []  # handlers whose failures are counted, by name
+def poke() -> None:
+    """Tell the placement loop that something it reads changed."""
+    if _PLACER is not None:
+        _PLACER.poke()
+
+
+COUNTED: list[str] = ["place"]  # handlers (and the placement loop) whose failures are counted
 
 
 def counted(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -86,7 +93,7 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
         metrics.reconcile_errors.labels(handler)
     operator = job_state.Operator(
         settings=config,
-        kube=KubeApi(kubernetes.client.ApiClient(), on_write=metrics.api_writes.inc),
+        kube=KubeApi(api_client(), on_write=metrics.api_writes.inc),
         progress=ProgressReader(config.worker_port, config.progress_timeout_seconds),
         clock=lambda: datetime.now(UTC),
         metrics=metrics,
@@ -95,6 +102,13 @@ def configure(settings: kopf.OperatorSettings, logger: Logger, **_: Any) -> None
         start_http_server(config.metrics_port, registry=metrics.registry)
     _OPERATOR = operator
     logger.info("hyper2kvm operator configured: %s", config)
+
+
+def api_client() -> kubernetes.client.ApiClient:
+    """A client with a connection for each thread that calls the API at once."""
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CONCURRENT_CALLS
+    return kubernetes.client.ApiClient(configuration)
 
 
 @kopf.on.startup()
@@ -108,8 +122,28 @@ async def learn_service_ranges(logger: Logger, **_: Any) -> None:
         )
 
 
+@kopf.on.startup()
+async def start_placing(**kwargs: Any) -> None:
+    """The one placement loop, over Kopf's indices (live views the watch streams fill)."""
+    global _PLACER
+    _PLACER = placer.Placer(op())
+    op().replan = _PLACER.poke
+    indices = placer.Indices(
+        nodes=kwargs["worker_nodes"],
+        active=kwargs["active_jobs"],
+        queue=kwargs["queued_jobs"],
+        reading=kwargs["reading_jobs"],
+        limits=kwargs["provider_limits"],
+    )
+    task = asyncio.create_task(_PLACER.run(indices), name="placement loop")
+    op().background.add(task)
+    task.add_done_callback(op().background.discard)
+
+
 @kopf.on.cleanup()
 async def close(**_: Any) -> None:
+    for task in list(op().background if _OPERATOR is not None else ()):
+        task.cancel()
     if _OPERATOR is not None:
         await _OPERATOR.progress.close()
         await asyncio.to_thread(_OPERATOR.logins.close)
@@ -128,11 +162,13 @@ def worker_nodes(
     **_: Any,
 ) -> dict[str, placement.WorkerNode]:
     if not placement.is_worker(labels, op().settings.node_label):
+        poke()  # it may have been one
         return NOT_INDEXED
     ready = any(
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in (status.get("conditions") or [])
     )
+    poke()
     slots = placement.node_slots(labels, annotations, op().settings.default_slots)
     node = placement.WorkerNode(
         name=name,
@@ -155,15 +191,27 @@ def active_jobs(body: kopf.Body, **_: Any) -> dict[str, str]:
     """Jobs whose attempt holds a slot, by the node it was placed on. Counted from the
     status only the operator writes, not from Pods: anyone may label a Pod of their own."""
     node = reconcile.active_node(body)
+    poke()
     return NOT_INDEXED if node is None else {node: job_state.key_of(body)}
 
 
 @kopf.on.event("pods", labels=MANAGED_BY)
 def worker_pod_changed(
-    namespace: str | None, meta: kopf.Meta, status: kopf.Status, **_: Any
+    type: str | None,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    **_: Any,
 ) -> None:
-    """A worker ended or went away: its job's follower reacts now, not at its next look
-    (only a wake-up: the follower then reads the Pod and judges it itself)."""
+    """Keep the worker Pods as the watch sees them, for the followers to look at instead of
+    reading each Pod every interval; a worker that ended wakes its job's follower now."""
+    key = f"{namespace}/{name}"
+    if type == "DELETED":
+        op().pods.pop(key, None)
+    else:
+        op().pods[key] = dict(body)
     if status.get("phase") not in ("Succeeded", "Failed"):
         return
     for owner in meta.get("ownerReferences") or []:
@@ -181,12 +229,17 @@ def reading_jobs(body: kopf.Body, **_: Any) -> dict[str, str]:
 @kopf.index(*PROVIDERS)
 def provider_limits(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[str, int]:
     limit = spec.get("maxDisksPerHost") or provider_api.DEFAULT_MAX_DISKS_PER_HOST
+    poke()
     return {f"{namespace}/{name}": int(limit)}
 
 
 @kopf.index(*JOBS)
-def queued_jobs(body: kopf.Body, **_: Any) -> dict[str, placement.QueuedJob]:
-    entry = reconcile.queue_entry(body)
+def queued_jobs(body: kopf.Body, **_: Any) -> dict[str, placer.Queued]:
+    job_state.caught_up(op(), body)
+    found = reconcile.queue_entry(body)
+    entry = None if found is None else placer.Queued(found, body)
+    if _PLACER is not None:
+        _PLACER.queued(job_state.key_of(body), entry)
     return NOT_INDEXED if entry is None else {"queue": entry}
 
 
@@ -198,11 +251,14 @@ def queued_jobs(body: kopf.Body, **_: Any) -> dict[str, placement.QueuedJob]:
 @counted
 async def admit(body: kopf.Body, **_: Any) -> None:
     await reconcile.admit(op(), body)
+    if _PLACER is not None:
+        _PLACER.admitted(body)
 
 
 @kopf.on.delete(*JOBS, optional=True)
 async def forget(body: kopf.Body, **_: Any) -> None:
     await reconcile.forget(op(), body)
+    poke()  # its slot, if it held one, is free (Kopf drops its index entries unannounced)
 
 
 @kopf.on.field(*JOBS, field="spec.cancel", new=True)
@@ -211,36 +267,12 @@ async def cancel(body: kopf.Body, **_: Any) -> None:
     await reconcile.cancel_queued(op(), body)
 
 
-def _is_queued(status: kopf.Status, **_: Any) -> bool:
-    return bool(status.get("phase") == Phase.QUEUED.value)
-
-
-@kopf.timer(*JOBS, interval=0.5, when=_is_queued)
-@counted
-async def place(body: kopf.Body, logger: Logger, **kwargs: Any) -> None:
-    nodes_index: kopf.Index[str, placement.WorkerNode] = kwargs["worker_nodes"]
-    active_index: kopf.Index[str, str] = kwargs["active_jobs"]
-    queue_index: kopf.Index[str, placement.QueuedJob] = kwargs["queued_jobs"]
-    nodes = [node for name in nodes_index for node in nodes_index[name]]
-    active = {node: set(active_index[node]) for node in active_index}
-    queue = list(queue_index.get("queue", []))
-    reading_index: kopf.Index[str, str] = kwargs["reading_jobs"]
-    limits_index: kopf.Index[str, int] = kwargs["provider_limits"]
-    reading = {host: set(reading_index[host]) for host in reading_index}
-
-    def host_limit(host: str) -> int:
-        provider = host.rsplit("/", 1)[0]  # "namespace/provider/host"
-        found = list(limits_index.get(provider, []))
-        return found[0] if found else provider_api.DEFAULT_MAX_DISKS_PER_HOST
-
-    await reconcile.place_if_first(op(), body, queue, nodes, active, logger, reading, host_limit)
-
-
 # One daemon for each job's whole life, not filtered by phase: Kopf never re-spawns a daemon
 # that returned, and one stopped by a filter may miss the next attempt's quick restart.
 @kopf.daemon(*JOBS, cancellation_timeout=10.0)
 @counted
 async def follow(body: kopf.Body, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
+    poke()  # a running follower is what lets the placer act (job_state.Operator.acting)
     await attempts.follow(op(), body, stopped, logger)
 
 

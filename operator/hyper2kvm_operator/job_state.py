@@ -18,7 +18,7 @@ from typing import Any, cast
 import kopf
 
 from hyper2kvm_operator import conditions as cond
-from hyper2kvm_operator import placement, policy, status, tenancy
+from hyper2kvm_operator import policy, status, tenancy
 from hyper2kvm_operator.api import Phase
 from hyper2kvm_operator.kube import KubeApi
 from hyper2kvm_operator.metrics import JobView, OperatorMetrics, Snapshot
@@ -49,9 +49,11 @@ class Operator:
     clock: Callable[[], datetime]
     rng: random.Random = field(default_factory=random.Random)
     # Slots taken by attempts just placed, until the index of active jobs shows them or the
-    # attempt ends. A reservation also lapses after reconcile.RESERVATION_SECONDS, so one
-    # whose attempt came and went between two looks at the index cannot hold a slot forever.
+    # attempt ends (placer.attempts_load).
     reservations: dict[str, Reservation] = field(default_factory=dict)
+    # Jobs whose attempt's worker Pod this operator saw end: their slot is free at once, not
+    # only once the status saying so is written and watched (placer.attempts_load).
+    released: set[str] = field(default_factory=set)
     view: Snapshot = field(default_factory=Snapshot)
     # The status as this operator last wrote it: Kopf's view of the object lags behind our
     # own patches by one watch event, and a history computed from it would lose entries.
@@ -63,10 +65,9 @@ class Operator:
     network_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The cluster's own Pod and Service ranges, as found: HTTP sources never reach them.
     cluster_networks: set[str] = field(default_factory=set)
-    # Every queued job's timer asks for the same plan; it is computed at most every
-    # reconcile.PLAN_REUSE_SECONDS, and again at once after a placement changed the load.
-    plan_version: int = 0
-    plan_cache: tuple[float, int, dict[str, placement.WorkerNode]] | None = None
+    # Each job's follower, by job, with the flag Kopf raises to stop it. Kopf stops them all
+    # while peering pauses this replica: the placer acts only while one runs unstopped.
+    followers: dict[str, kopf.DaemonStopped] = field(default_factory=dict)
     metrics: OperatorMetrics | None = None
     # The operator's own vSphere session per provider, and when each vSphere job's attempt
     # session was last kept alive (monotonic seconds).
@@ -75,7 +76,18 @@ class Operator:
     # job -> the attempt whose session the server no longer knows
     sessions_lost: dict[str, int] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Worker Pods (namespace/name) as their watch last showed them: a follower looks here
+    # every interval, and reads the API only for a Pod the watch has not shown (yet).
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)  # held until done
+    # Wakes the placement loop: an attempt ended, so a slot is free now, before the watch
+    # shows the job's new phase.
+    replan: Callable[[], None] = lambda: None
+
+    async def worker_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Pod as last watched, else as the API server has it now (None: there is none)."""
+        watched = self.pods.get(f"{namespace}/{name}")
+        return watched if watched is not None else await self.kube.read_pod(namespace, name)
 
     def policy(self) -> tenancy.Policy:
         """The admins' policy, with the cluster's own ranges denied to HTTP sources."""
@@ -87,6 +99,28 @@ class Operator:
 
     def wake(self, key: str) -> None:
         self.wakeups.setdefault(key, asyncio.Event()).set()
+
+    async def idle(self, key: str, stopped: kopf.DaemonStopped) -> None:
+        """Wait, without waking on a timer, until the job's phase or worker Pod changes or
+        Kopf stops its follower: a queued job costs no CPU however long it waits."""
+        event = self.wakeups.setdefault(key, asyncio.Event())
+        if not event.is_set():
+            halted = asyncio.ensure_future(stopped.wait())
+
+            def on_stop(done: asyncio.Future[Any]) -> None:
+                if not done.cancelled():  # cancelled below: the next wait must not wake
+                    event.set()
+
+            halted.add_done_callback(on_stop)
+            try:
+                await event.wait()
+            finally:
+                halted.cancel()
+        event.clear()
+
+    def acting(self) -> bool:
+        """Kopf runs this replica's job handlers: a follower runs and is not being stopped."""
+        return any(not stopped for stopped in self.followers.values())
 
     async def pause(self, key: str, seconds: float) -> None:
         """Sleep up to `seconds`, or until the job's worker Pod changes."""
@@ -131,6 +165,15 @@ def current_status(op: Operator, body: Body) -> dict[str, Any]:
     return op.written.get(key_of(body)) or dict(body.get("status") or {})
 
 
+def caught_up(op: Operator, body: Body) -> None:
+    """Forget what was written to the job once its watch shows it: the object then says
+    the same, and twenty thousand idle jobs need not be held twice."""
+    written = op.written.get(key_of(body))
+    state = body.get("status") or {}
+    if written is not None and all(state.get(name) == value for name, value in written.items()):
+        del op.written[key_of(body)]
+
+
 def phase_of(op: Operator, body: Body) -> Phase | None:
     value = current_status(op, body).get("phase")
     return Phase(value) if value else None
@@ -154,6 +197,7 @@ async def move(
     await op.kube.patch_job_status(meta["namespace"], meta["name"], patch)
     op.written[key_of(body)] = {**current, **patch}
     op.record(key_of(body), phase, fields.get("node"))
+    op.wake(key_of(body))  # its follower, idle while the job is queued, looks again
 
 
 async def fail_now(op: Operator, body: Body, reason: str, message: str) -> None:

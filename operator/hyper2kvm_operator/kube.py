@@ -11,6 +11,7 @@ import base64
 import functools
 import json
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
 import urllib3
@@ -60,6 +61,13 @@ def _transient(error: BaseException) -> bool:
     return isinstance(error, urllib3.exceptions.HTTPError | ConnectionError)
 
 
+# Client calls block, so each runs on a thread: of a pool as large as the client's connection
+# pool (asyncio's default pool has 6 threads on 2 cores, and a hundred jobs starting at once
+# would queue behind them).
+CONCURRENT_CALLS = 32
+_CALLS = ThreadPoolExecutor(max_workers=CONCURRENT_CALLS, thread_name_prefix="kube-api")
+
+
 async def _call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a client call in a thread, retrying what a busy or restarting API server causes."""
     retrying = AsyncRetrying(
@@ -70,7 +78,8 @@ async def _call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     )
     async for attempt in retrying:
         with attempt:
-            result: T = await asyncio.to_thread(function, *args, **kwargs)
+            call = functools.partial(function, *args, **kwargs)
+            result: T = await asyncio.get_running_loop().run_in_executor(_CALLS, call)
             return result
     raise AssertionError("unreachable: tenacity re-raises the last error")
 
@@ -207,8 +216,16 @@ class KubeApi:
         )
 
     async def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        pod = await _unless_missing(self._core.read_namespaced_pod, name, namespace)
-        return self._plain(pod)
+        """The Pod as the JSON the API server sent: followers read every running job's Pod
+        each interval, and building the client's model on the way costs twice as much."""
+        read = functools.partial(self._core.read_namespaced_pod, _preload_content=False)
+        raw: Any = await _unless_missing(read, name, namespace)  # a urllib3 response
+        if raw is None:
+            return None
+        try:
+            return cast(dict[str, Any], json.loads(raw.data))
+        finally:
+            raw.release_conn()  # back to the pool now, not whenever the response is collected
 
     async def delete_pod(self, namespace: str, name: str, grace: int = 30) -> None:
         self._on_write()

@@ -14,8 +14,8 @@ import sys
 
 import kopf
 
-# Kopf logs every handler, timer and indexer run at INFO. The placement timer alone runs
-# twice a second for each queued job: hundreds of lines a second that bury what matters.
+# Kopf logs every handler, timer and indexer run at INFO: with thousands of jobs, their
+# watch events alone make lines by the hundred that bury what matters.
 ROUTINE_SUCCESS = re.compile(r"(Handler|Timer|Daemon|Indexer) '[^']+' succeeded\.")
 
 

@@ -39,12 +39,15 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self._snapshot()
+        # Scraped on the HTTP server's thread while the operator's loop adds jobs: one copy,
+        # made in a single step, is iterated instead of the live mapping.
+        jobs = dict(now.jobs)
         phases = GaugeMetricFamily("hyper2kvm_jobs", "MigrationJobs by phase.", labels=["phase"])
         for phase in Phase:
-            count = sum(1 for job in now.jobs.values() if job.phase == phase.value)
+            count = sum(1 for job in jobs.values() if job.phase == phase.value)
             phases.add_metric([phase.value], count)
         yield phases
-        queued = sum(1 for job in now.jobs.values() if job.phase == Phase.QUEUED.value)
+        queued = sum(1 for job in jobs.values() if job.phase == Phase.QUEUED.value)
         yield GaugeMetricFamily("hyper2kvm_queue_depth", "Jobs waiting for a slot.", value=queued)
         progress = GaugeMetricFamily(
             "hyper2kvm_job_progress_ratio", "Progress of active jobs.", labels=["namespace", "job"]
@@ -54,7 +57,7 @@ class _StateCollector(Collector):
             "Throughput of active jobs.",
             labels=["namespace", "job", "node"],
         )
-        for key, job in now.jobs.items():
+        for key, job in jobs.items():
             if job.phase in (Phase.RUNNING.value, Phase.VERIFYING.value):
                 namespace, name = key.split("/", 1)
                 progress.add_metric([namespace, name], job.progress)
@@ -66,7 +69,7 @@ class _StateCollector(Collector):
             "Unix time an unfinished job entered its current phase.",
             labels=["namespace", "job", "phase"],
         )
-        for key, job in sorted(now.jobs.items()):
+        for key, job in sorted(jobs.items()):
             if job.phase not in _FINISHED:
                 namespace, name = key.split("/", 1)
                 since.add_metric([namespace, name, job.phase], job.phase_since)

@@ -6,6 +6,7 @@ active worker Pods per node) and gets back the placements to make now.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -145,3 +146,78 @@ def why_waiting(
     if not matching:
         return f"no ready worker node matches nodeSelector {dict(job.node_selector)}"
     return f"all {sum(n.slots for n in matching)} slots on {len(matching)} eligible nodes are busy"
+
+
+def free_slots(nodes: list[WorkerNode], load: Mapping[str, int]) -> int:
+    """Slots no attempt holds on the usable nodes: 0 means no queued job can start now."""
+    return sum(max(0, node.slots - load.get(node.name, 0)) for node in nodes if node.usable)
+
+
+def waiting_signature(
+    nodes: list[WorkerNode],
+    namespace_active: Mapping[str, int],
+    namespace_slots: Callable[[str], int],
+    sources: SourceLimits,
+) -> tuple[object, ...]:
+    """All that `why_waiting` reads beyond the job itself: while it stays equal, no queued
+    job's reason changes, and only jobs new to the queue need one."""
+    workers = tuple(
+        sorted((n.name, tuple(sorted(n.labels.items())), n.slots, n.usable) for n in nodes)
+    )
+    full_namespaces = tuple(
+        sorted(
+            (namespace, count)
+            for namespace, count in namespace_active.items()
+            if namespace_slots(namespace) and count >= namespace_slots(namespace)
+        )
+    )
+    full_hosts = tuple(
+        sorted(
+            (host, count)
+            for host, count in sources.active.items()
+            if sources.full(host, sources.active)
+        )
+    )
+    return workers, full_namespaces, full_hosts
+
+
+class WaitingReasons:
+    """`why_waiting` for many queued jobs at once: jobs in one namespace, reading one host,
+    with one node selector wait for the same reason, which is worked out once."""
+
+    def __init__(
+        self,
+        nodes: list[WorkerNode],
+        label: str,
+        namespace_active: Mapping[str, int],
+        namespace_slots: Callable[[str], int],
+        sources: SourceLimits,
+    ) -> None:
+        self._args = (nodes, label, namespace_active, namespace_slots, sources)
+        self._known: dict[tuple[object, ...], str] = {}
+
+    def of(self, job: QueuedJob) -> str:
+        group = (namespace_of(job.key), job.source_host, tuple(sorted(job.node_selector.items())))
+        if group not in self._known:
+            self._known[group] = why_waiting(job, *self._args)
+        return self._known[group]
+
+
+class Scope(enum.Enum):
+    """Which queued jobs a placement pass plans over."""
+
+    NONE = "none"  # no slot is free, or nothing changed since a plan that placed nothing
+    NEW = "new"  # only the jobs that entered (or changed in) the queue since the last plan
+    ALL = "all"
+
+
+def plan_scope(free: int, inputs_changed: bool, due: bool, changed_jobs: bool) -> Scope:
+    """What a pass must plan over. With the load, nodes and limits as at the last plan
+    (which placed nothing, or the load would differ), every job then unplaced still cannot
+    start: only the jobs changed since can. A retry's backoff running out (`due`) or any
+    change to the inputs calls for the whole queue."""
+    if free <= 0:
+        return Scope.NONE
+    if inputs_changed or due:
+        return Scope.ALL
+    return Scope.NEW if changed_jobs else Scope.NONE

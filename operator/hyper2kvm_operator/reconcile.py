@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -32,7 +31,6 @@ from hyper2kvm_operator.api import MigrationJobSpec, Phase
 from hyper2kvm_operator.job_state import (
     Body,
     Operator,
-    Reservation,
     current_status,
     event_target,
     fail_now,
@@ -42,9 +40,6 @@ from hyper2kvm_operator.job_state import (
     retry_or_fail,
 )
 from hyper2kvm_operator.kube import Refused
-
-RESERVATION_SECONDS = 30.0
-PLAN_REUSE_SECONDS = 0.2  # Kopf hands a live, read-only view of the object
 
 # ---------------------------------------------------------------------------- admit
 
@@ -133,139 +128,64 @@ def source_host(body: Body) -> str | None:
 # ---------------------------------------------------------------------------- place
 
 
-def _plan(
-    op: Operator,
-    runnable: Callable[[], list[placement.QueuedJob]],
-    nodes: list[placement.WorkerNode],
-    active: dict[str, set[str]],
-    sources: Callable[[], placement.SourceLimits],
-) -> dict[str, placement.WorkerNode]:
-    """Job -> node for every job that can start now (shared by all the queued jobs' timers).
-
-    `runnable` is called only when the plan is recomputed: every queued job's timer asks,
-    and walking the whole queue for each would cost queue length squared per tick.
-    """
-    moment = time.monotonic()
-    cached = op.plan_cache
-    fresh = cached is not None and moment - cached[0] < PLAN_REUSE_SECONDS
-    if cached is not None and fresh and cached[1] == op.plan_version:
-        return cached[2]
-    load, namespaces = _load(op, active)
-    chosen = placement.place(
-        runnable(), nodes, load, namespaces, op.settings.policy.slots_for, sources()
-    )
-    plan = {job.key: node for job, node in chosen}
-    op.plan_cache = (moment, op.plan_version, plan)
-    return plan
-
-
-def _load(op: Operator, active: dict[str, set[str]]) -> tuple[dict[str, int], dict[str, int]]:
-    """Attempts running per node and per namespace: the active jobs (as the operator wrote
-    their status, never as Pods of anybody's say so) and the reservations not yet seen."""
-    now = time.monotonic()
-    for job, held in list(op.reservations.items()):
-        if job in active.get(held.node, set()) or now - held.since > RESERVATION_SECONDS:
-            del op.reservations[job]
-    keys = {(node, key) for node, found in active.items() for key in found}
-    keys |= {(held.node, key) for key, held in op.reservations.items()}
-    load: dict[str, int] = {}
-    namespaces: dict[str, int] = {}
-    for node, key in keys:
-        load[node] = load.get(node, 0) + 1
-        namespace = placement.namespace_of(key)
-        namespaces[namespace] = namespaces.get(namespace, 0) + 1
-    op.view.active = load
-    return load, namespaces
-
-
-def _sources(
-    op: Operator, reading: dict[str, set[str]], host_limit: Callable[[str], int]
-) -> placement.SourceLimits:
-    """Jobs reading from each ESXi host: the active ones and the reservations not yet seen."""
-    counts = {host: len(keys) for host, keys in reading.items()}
-    for key, held in op.reservations.items():
-        host = held.source_host
-        if host is not None and key not in reading.get(host, set()):
-            counts[host] = counts.get(host, 0) + 1
-    return placement.SourceLimits(active=counts, limit=host_limit)
-
-
-async def place_if_first(
+async def start(
     op: Operator,
     body: Body,
-    queue: list[placement.QueuedJob],
-    nodes: list[placement.WorkerNode],
-    active: dict[str, set[str]],
+    node: str,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
-    reading: dict[str, set[str]] | None = None,
-    host_limit: Callable[[str], int] = lambda _: 0,
 ) -> None:
-    """Start this job if the global plan gives it a slot now; every job runs the same plan.
-    `active` holds the jobs whose attempt runs on each node, `reading` those that read
-    from each ESXi host, whose limit `host_limit` gives."""
+    """Start the job's next attempt on `node`, where the placement plan gave it a slot (the
+    placer reserved it; the reservation goes when the attempt does not start)."""
     key = key_of(body)
-    if phase_of(op, body) is not Phase.QUEUED:
-        return  # the index is one event behind a placement this operator just made
-    if body["spec"].get("cancel"):
-        await move(op, body, Phase.CANCELLED, cond.CANCELLED, "cancelled while queued")
-        return
-    now = op.now()
-
-    def runnable() -> list[placement.QueuedJob]:
-        return [
-            job
-            for job in queue
-            if (job.not_before is None or job.not_before <= now)
-            and op.written.get(job.key, {}).get("phase", Phase.QUEUED.value) == Phase.QUEUED.value
-        ]
-
-    op.view.slots = {node.name: node.slots for node in nodes}
-
-    def sources() -> placement.SourceLimits:
-        return _sources(op, reading or {}, host_limit)
-
-    target = _plan(op, runnable, nodes, active, sources).get(key)
-    state = current_status(op, body)
-    if target is None:
-        mine = next((job for job in queue if job.key == key), None)
-        if mine is not None and (mine.not_before is None or mine.not_before <= now):
-            why = placement.why_waiting(
-                mine, nodes, op.settings.node_label, _load(op, active)[1],
-                op.settings.policy.slots_for, sources(),
-            )  # fmt: skip
-            if state.get("message") != why and state.get("reason") != cond.RETRYING:
-                await move(op, body, Phase.QUEUED, cond.NO_CAPACITY, why)
-        return
-    attempt = int(state.get("attempt") or 0) + 1
-    pod = worker_pod.pod_name(body["metadata"]["name"], attempt)
-    op.reservations[key] = Reservation(target.name, time.monotonic(), source_host(body))
-    op.plan_version += 1
-    could_run_since = max(
-        policy.parse_time(state.get("queuedTime") or now).timestamp(),
-        policy.parse_time(state.get("retryAfter") or now).timestamp()
-        if state.get("retryAfter")
-        else 0.0,
-        op.slot_freed_at,
-    )
-    # The attempt is recorded first: a restart then finds it and creates (or adopts) its Pod.
-    await move(
-        op,
-        body,
-        Phase.SCHEDULED,
-        cond.SCHEDULED,
-        f"attempt {attempt} placed on {target.name}",
-        node=target.name,
-        pod=pod,
-        attempt=attempt,
-        retryAfter=None,
-        startTime=state.get("startTime") or now,
-    )
-    if not await ensure_pod(op, body, attempt, target.name):
+    async with op.lock(key):  # not while a waiting reason is being written, nor after it
+        if phase_of(op, body) is not Phase.QUEUED:
+            op.reservations.pop(key, None)  # the index was one event behind this operator
+            return
+        if body["spec"].get("cancel"):
+            op.reservations.pop(key, None)
+            await move(op, body, Phase.CANCELLED, cond.CANCELLED, "cancelled while queued")
+            return
+        now = op.now()
+        state = current_status(op, body)
+        attempt = int(state.get("attempt") or 0) + 1
+        op.released.discard(key)  # a new attempt holds a slot again
+        could_run_since = max(
+            policy.parse_time(state.get("queuedTime") or now).timestamp(),
+            policy.parse_time(state.get("retryAfter") or now).timestamp()
+            if state.get("retryAfter")
+            else 0.0,
+            op.slot_freed_at,
+        )
+        # The attempt is recorded first: a restart then finds it and creates (or adopts) its Pod.
+        await move(
+            op,
+            body,
+            Phase.SCHEDULED,
+            cond.SCHEDULED,
+            f"attempt {attempt} placed on {node}",
+            node=node,
+            pod=worker_pod.pod_name(body["metadata"]["name"], attempt),
+            attempt=attempt,
+            retryAfter=None,
+            startTime=state.get("startTime") or now,
+        )
+    if not await ensure_pod(op, body, attempt, node):
         op.reservations.pop(key, None)
         return
     if op.metrics is not None:
         op.metrics.scheduling_latency.observe(max(0.0, time.time() - could_run_since))
-    logger.info("%s placed on %s (attempt %d)", key, target.name, attempt)
+    logger.info("%s placed on %s (attempt %d)", key, node, attempt)
+
+
+async def tell_waiting(op: Operator, body: Body, why: str) -> None:
+    """Say in the status why a queued job still waits, unless it says so already (or says
+    it waits out a retry's backoff, which it then still does)."""
+    async with op.lock(key_of(body)):
+        state = current_status(op, body)
+        if phase_of(op, body) is not Phase.QUEUED or body["spec"].get("cancel"):
+            return
+        if state.get("message") != why and state.get("reason") != cond.RETRYING:
+            await move(op, body, Phase.QUEUED, cond.NO_CAPACITY, why)
 
 
 async def ensure_pod(op: Operator, body: Body, attempt: int, node: str) -> bool:
@@ -273,7 +193,7 @@ async def ensure_pod(op: Operator, body: Body, attempt: int, node: str) -> bool:
     when the attempt cannot run and the job was moved on: the policy (checked again: it
     may have changed since the job was admitted) or its Secrets refuse it, a name is held
     by an object this job does not own, or the API server refuses the Pod."""
-    # The placing timer and the job's follower may both get here; one at a time, and the
+    # The placer and the job's follower may both get here; one at a time, and the
     # second finds the Pod made (a vSphere job's preparation is not repeated for nothing).
     async with op.lock(key_of(body)):
         state = current_status(op, body)
@@ -380,10 +300,12 @@ async def forget(op: Operator, body: Body) -> None:
     op.written.pop(key, None)
     op.view.jobs.pop(key, None)
     op.reservations.pop(key, None)
+    op.released.discard(key)
     op.wakeups.pop(key, None)
     op.locks.pop(key, None)
 
 
 async def cancel_queued(op: Operator, body: Body) -> None:
-    if phase_of(op, body) in (None, Phase.PENDING, Phase.QUEUED):
-        await move(op, body, Phase.CANCELLED, cond.CANCELLED, "cancelled while queued")
+    async with op.lock(key_of(body)):  # not while the placer starts it
+        if phase_of(op, body) in (None, Phase.PENDING, Phase.QUEUED):
+            await move(op, body, Phase.CANCELLED, cond.CANCELLED, "cancelled while queued")

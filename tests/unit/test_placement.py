@@ -2,11 +2,17 @@ from __future__ import annotations
 
 from hyper2kvm_operator.placement import (
     QueuedJob,
+    Scope,
+    SourceLimits,
+    WaitingReasons,
     WorkerNode,
+    free_slots,
     is_worker,
     node_slots,
     place,
+    plan_scope,
     queue_order,
+    waiting_signature,
     why_waiting,
 )
 
@@ -77,3 +83,57 @@ def test_slot_count_from_label_then_annotation_then_default() -> None:
     assert node_slots({"hyper2kvm.io/slots": "many"}, {}, 2) == 2
     assert is_worker({"hyper2kvm.io/worker": "true"})
     assert not is_worker({"hyper2kvm.io/worker": "false"})
+
+
+def test_free_slots_count_only_usable_nodes_and_never_below_zero() -> None:
+    cordoned = WorkerNode("c", {}, slots=4, unschedulable=True)
+    nodes = [node("a", slots=2), node("b", slots=1), cordoned]
+    assert free_slots(nodes, {"a": 1, "b": 3}) == 1
+    assert free_slots(nodes, {"a": 2, "b": 1}) == 0
+
+
+def test_a_pass_plans_nothing_without_a_free_slot_and_only_new_jobs_when_nothing_else_changed() -> (
+    None
+):
+    assert plan_scope(0, inputs_changed=True, due=True, changed_jobs=True) is Scope.NONE
+    assert plan_scope(2, inputs_changed=True, due=False, changed_jobs=False) is Scope.ALL
+    assert plan_scope(2, inputs_changed=False, due=True, changed_jobs=False) is Scope.ALL
+    assert plan_scope(2, inputs_changed=False, due=False, changed_jobs=True) is Scope.NEW
+    assert plan_scope(2, inputs_changed=False, due=False, changed_jobs=False) is Scope.NONE
+
+
+def test_jobs_a_plan_left_waiting_still_wait_once_new_jobs_join() -> None:
+    """Why planning over the new jobs alone is enough: with the same load, jobs no plan
+    could place before (a selector nothing matches, a namespace at its limit) still cannot."""
+    nodes = [node("a", slots=2)]
+    limits = {"full": 1}.get
+    old = [job("ns/gpu", 5, gpu="yes"), job("full/second")]
+    assert place(old, nodes, {"a": 1}, {"full": 1}, lambda ns: limits(ns, 0)) == []
+    new = [job("ns/fresh", 0, "2026-01-02T00:00:00Z")]
+    together = place(old + new, nodes, {"a": 1}, {"full": 1}, lambda ns: limits(ns, 0))
+    alone = place(new, nodes, {"a": 1}, {"full": 1}, lambda ns: limits(ns, 0))
+    assert together == alone == [(new[0], nodes[0])]
+
+
+def test_waiting_reasons_change_only_with_nodes_and_limits_reached() -> None:
+    nodes = [node("a", slots=2)]
+    hosts = SourceLimits(active={"ns/p/esx1": 1}, limit=lambda _: 2)
+
+    def signature(
+        workers: list[WorkerNode], namespaces: dict[str, int], sources: SourceLimits = hosts
+    ) -> tuple[object, ...]:
+        return waiting_signature(workers, namespaces, lambda ns: 2 if ns == "team" else 0, sources)
+
+    base = signature(nodes, {"team": 1, "other": 7})
+    assert signature(nodes, {"team": 1, "other": 9}) == base  # no limit on "other"
+    assert signature(nodes, {"team": 2, "other": 7}) != base  # "team" reached its limit
+    assert signature([node("a", slots=3)], {"team": 1, "other": 7}) != base
+    full = SourceLimits(active={"ns/p/esx1": 2}, limit=lambda _: 2)
+    assert signature(nodes, {"team": 1, "other": 7}, full) != base
+
+
+def test_waiting_reasons_are_those_of_why_waiting() -> None:
+    nodes = [node("a", slots=1), node("b", slots=1, disk="ssd")]
+    jobs = [job("ns/x"), job("ns/y"), job("ns/z", disk="ssd"), job("ns/w", gpu="yes")]
+    reasons = WaitingReasons(nodes, "hyper2kvm.io/worker", {}, lambda _: 0, SourceLimits())
+    assert [reasons.of(j) for j in jobs] == [why_waiting(j, nodes) for j in jobs]
