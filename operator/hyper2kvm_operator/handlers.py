@@ -161,14 +161,13 @@ def worker_nodes(
     status: kopf.Status,
     **_: Any,
 ) -> dict[str, placement.WorkerNode]:
+    poke()  # a node's change, even one that is no worker now (it may have been one)
     if not placement.is_worker(labels, op().settings.node_label):
-        poke()  # it may have been one
         return NOT_INDEXED
     ready = any(
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in (status.get("conditions") or [])
     )
-    poke()
     slots = placement.node_slots(labels, annotations, op().settings.default_slots)
     node = placement.WorkerNode(
         name=name,
@@ -207,11 +206,7 @@ def worker_pod_changed(
 ) -> None:
     """Keep the worker Pods as the watch sees them, for the followers to look at instead of
     reading each Pod every interval; a worker that ended wakes its job's follower now."""
-    key = f"{namespace}/{name}"
-    if type == "DELETED":
-        op().pods.pop(key, None)
-    else:
-        op().pods[key] = dict(body)
+    op().watched_pod(f"{namespace}/{name}", None if type == "DELETED" else dict(body))
     if status.get("phase") not in ("Succeeded", "Failed"):
         return
     for owner in meta.get("ownerReferences") or []:

@@ -76,13 +76,22 @@ class Operator:
     # job -> the attempt whose session the server no longer knows
     sessions_lost: dict[str, int] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    # Worker Pods (namespace/name) as their watch last showed them: a follower looks here
-    # every interval, and reads the API only for a Pod the watch has not shown (yet).
+    # Worker Pods (namespace/name) still running, as their watch last showed them: a
+    # follower looks here every interval, and reads the API only for a Pod not held here.
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     background: set[asyncio.Task[None]] = field(default_factory=set)  # held until done
     # Wakes the placement loop: an attempt ended, so a slot is free now, before the watch
     # shows the job's new phase.
     replan: Callable[[], None] = lambda: None
+
+    def watched_pod(self, key: str, pod: dict[str, Any] | None) -> None:
+        """A worker Pod's watch event (None: deleted). One that ended is not held: a finished
+        job's Pod stays in the cluster, and its follower reads it from the API once."""
+        phase = ((pod or {}).get("status") or {}).get("phase")
+        if pod is None or phase in ("Succeeded", "Failed"):
+            self.pods.pop(key, None)
+        else:
+            self.pods[key] = pod
 
     async def worker_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Pod as last watched, else as the API server has it now (None: there is none)."""

@@ -66,7 +66,7 @@ class OnePod:
 async def test_a_watched_worker_pod_is_looked_at_without_reading_the_api() -> None:
     op, kube = operator(), OnePod()
     op.kube = cast(KubeApi, kube)
-    op.pods["ns/watched"] = {"metadata": {"name": "watched"}, "status": {"phase": "Running"}}
+    op.watched_pod("ns/watched", {"metadata": {"name": "watched"}, "status": {"phase": "Running"}})
 
     watched = await op.worker_pod("ns", "watched")
     unseen = await op.worker_pod("ns", "unseen")  # created, its watch event not here yet
@@ -74,3 +74,15 @@ async def test_a_watched_worker_pod_is_looked_at_without_reading_the_api() -> No
     assert watched is not None and watched["status"]["phase"] == "Running"
     assert unseen is not None and unseen["status"]["phase"] == "Pending"
     assert kube.reads == 1
+
+
+def test_only_running_worker_pods_are_held() -> None:
+    """A finished job's Pod stays in the cluster: twenty thousand of them are not held."""
+    op = operator()
+    op.watched_pod("ns/a", {"status": {"phase": "Running"}})
+    op.watched_pod("ns/b", {"status": {"phase": "Pending"}})
+    op.watched_pod("ns/a", {"status": {"phase": "Succeeded"}})
+    op.watched_pod("ns/b", None)  # deleted
+    op.watched_pod("ns/c", {"status": {"phase": "Failed"}})
+
+    assert op.pods == {}
